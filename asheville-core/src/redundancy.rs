@@ -1,0 +1,694 @@
+//! Redundancy: a pack is stored as shards — Reed-Solomon `rs(k,m)`,
+//! `replicas(n)` or `none` — each with its own BLAKE3 checksum.
+//!
+//! # Shard format (version 1)
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 4 | magic `ASHS` |
+//! | 4 | 1 | format version = 1 |
+//! | 5 | 1 | scheme: 0 = none, 1 = replicas, 2 = Reed-Solomon |
+//! | 6 | 1 | data shards `k` (1 for none and replicas) |
+//! | 7 | 1 | total shards `n` |
+//! | 8 | 1 | this shard's index, `0..n` |
+//! | 9 | 3 | reserved, zero |
+//! | 12 | 4 | payload length `S`, little endian |
+//! | 16 | 8 | length of the protected data (the pack), LE |
+//! | 24 | 32 | BLAKE3 of bytes 0..24 followed by the payload |
+//! | 56 | `S` | payload |
+//!
+//! For `rs(k,m)` the code is systematic: data shard `i` holds pack bytes
+//! `i*S .. (i+1)*S` (the last one zero-padded), and shards `k..k+m` hold
+//! parity. Pack byte `p` is therefore at payload offset `p % S` of data shard
+//! `p / S`, and a byte range can be read straight out of the data shards
+//! ([`Codec::locate`]) or rebuilt from the same range of any `k` other
+//! shards ([`Codec::reconstruct_range`]): Reed-Solomon works byte position
+//! by byte position. For `replicas(n)` every shard's payload is the whole
+//! pack.
+//!
+//! ## Invariants
+//! - The checksum covers the header fields and the payload, so a flipped bit
+//!   anywhere in a shard is detected by [`verify_shard`].
+//! - All shards of one pack agree on scheme, `k`, `n`, `S` and the pack
+//!   length; a shard whose header disagrees is treated as corrupt.
+//! - A range rebuilt from partial shard ranges cannot be checked against the
+//!   whole-shard checksum; callers verify it by what it holds (blobs carry
+//!   an AES-GCM tag).
+
+use std::fmt;
+use std::ops::Range;
+use std::str::FromStr;
+
+use reed_solomon_erasure::galois_8::ReedSolomon;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Largest `k` for Reed-Solomon.
+pub const MAX_DATA_SHARDS: u8 = 64;
+/// Largest `m` for Reed-Solomon and largest `n` for replicas.
+pub const MAX_PARITY_SHARDS: u8 = 32;
+/// Shard header length.
+pub const SHARD_HEADER_LEN: usize = 56;
+const SHARD_MAGIC: &[u8; 4] = b"ASHS";
+const SHARD_VERSION: u8 = 1;
+
+/// How a pack is protected. Parses from and prints as `none`,
+/// `replicas(3)`, `rs(4,2)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Redundancy {
+    /// One copy.
+    None,
+    /// `n` identical copies; survives `n - 1` losses.
+    Replicas(u8),
+    /// Reed-Solomon with `data` data shards and `parity` parity shards;
+    /// survives the loss of any `parity` shards.
+    ReedSolomon {
+        /// `k`.
+        data: u8,
+        /// `m`.
+        parity: u8,
+    },
+}
+
+impl Redundancy {
+    /// Total number of shards per pack.
+    pub fn total_shards(&self) -> usize {
+        match *self {
+            Redundancy::None => 1,
+            Redundancy::Replicas(n) => n as usize,
+            Redundancy::ReedSolomon { data, parity } => data as usize + parity as usize,
+        }
+    }
+
+    /// Number of good shards needed to read a pack (`k`).
+    pub fn data_shards(&self) -> usize {
+        match *self {
+            Redundancy::ReedSolomon { data, .. } => data as usize,
+            _ => 1,
+        }
+    }
+
+    /// How many shards may be lost with the pack still readable.
+    pub fn tolerated_losses(&self) -> usize {
+        self.total_shards() - self.data_shards()
+    }
+
+    /// Stored bytes per protected byte (1.5 for `rs(4,2)`).
+    pub fn overhead(&self) -> f64 {
+        self.total_shards() as f64 / self.data_shards() as f64
+    }
+
+    fn scheme(&self) -> u8 {
+        match self {
+            Redundancy::None => 0,
+            Redundancy::Replicas(_) => 1,
+            Redundancy::ReedSolomon { .. } => 2,
+        }
+    }
+
+    /// Checks the bounds: `replicas(1..=32)`, `rs(1..=64, 1..=32)`.
+    pub fn validate(&self) -> Result<()> {
+        match *self {
+            Redundancy::None => Ok(()),
+            Redundancy::Replicas(n) if (1..=MAX_PARITY_SHARDS).contains(&n) => Ok(()),
+            Redundancy::ReedSolomon { data, parity }
+                if (1..=MAX_DATA_SHARDS).contains(&data) && (1..=MAX_PARITY_SHARDS).contains(&parity) =>
+            {
+                Ok(())
+            }
+            _ => Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "redundancy out of range: replicas(n) needs 1 <= n <= {MAX_PARITY_SHARDS}; \
+                     rs(k,m) needs 1 <= k <= {MAX_DATA_SHARDS} and 1 <= m <= {MAX_PARITY_SHARDS}"
+                ),
+            )
+            .with_context("policy", self)),
+        }
+    }
+}
+
+impl fmt::Display for Redundancy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Redundancy::None => f.write_str("none"),
+            Redundancy::Replicas(n) => write!(f, "replicas({n})"),
+            Redundancy::ReedSolomon { data, parity } => write!(f, "rs({data},{parity})"),
+        }
+    }
+}
+
+impl FromStr for Redundancy {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || {
+            Error::new(
+                ErrorKind::InvalidConfig,
+                "redundancy must be `none`, `replicas(N)` or `rs(K,M)`",
+            )
+            .with_context("got", s)
+        };
+        let t: String = s.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_lowercase();
+        let args = |prefix: &str| -> Option<Vec<u8>> {
+            let inner = t.strip_prefix(prefix)?.strip_prefix('(')?.strip_suffix(')')?;
+            inner.split(',').map(|p| p.parse::<u8>().ok()).collect()
+        };
+        let r = if t == "none" {
+            Redundancy::None
+        } else if let Some(a) = args("replicas") {
+            match a[..] {
+                [n] => Redundancy::Replicas(n),
+                _ => return Err(bad()),
+            }
+        } else if let Some(a) = args("rs") {
+            match a[..] {
+                [data, parity] => Redundancy::ReedSolomon { data, parity },
+                _ => return Err(bad()),
+            }
+        } else {
+            return Err(bad());
+        };
+        r.validate()?;
+        Ok(r)
+    }
+}
+
+impl serde::Serialize for Redundancy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Redundancy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The header of a verified shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardInfo {
+    /// Policy the shard belongs to.
+    pub policy: Redundancy,
+    /// This shard's index.
+    pub index: usize,
+    /// Payload length `S`.
+    pub shard_len: usize,
+    /// Length of the protected data.
+    pub data_len: u64,
+    /// The shard's checksum.
+    pub checksum: [u8; 32],
+}
+
+fn header_prefix(policy: Redundancy, index: usize, shard_len: usize, data_len: u64) -> [u8; 24] {
+    let mut h = [0u8; 24];
+    h[0..4].copy_from_slice(SHARD_MAGIC);
+    h[4] = SHARD_VERSION;
+    h[5] = policy.scheme();
+    h[6] = policy.data_shards() as u8;
+    h[7] = policy.total_shards() as u8;
+    h[8] = index as u8;
+    h[12..16].copy_from_slice(&(shard_len as u32).to_le_bytes());
+    h[16..24].copy_from_slice(&data_len.to_le_bytes());
+    h
+}
+
+fn checksum(prefix: &[u8; 24], payload: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(prefix);
+    h.update(payload);
+    *h.finalize().as_bytes()
+}
+
+/// Parses a shard and verifies its checksum.
+pub fn verify_shard(shard: &[u8]) -> Result<ShardInfo> {
+    let corrupt = |msg: &'static str| Error::new(ErrorKind::Integrity, msg);
+    if shard.len() < SHARD_HEADER_LEN || &shard[0..4] != SHARD_MAGIC {
+        return Err(corrupt("not a shard (bad magic or too short)").with_context("len", shard.len()));
+    }
+    if shard[4] != SHARD_VERSION {
+        return Err(Error::new(ErrorKind::Unsupported, "unknown shard format version")
+            .with_context("version", shard[4]));
+    }
+    let (k, n, index) = (shard[6], shard[7], shard[8] as usize);
+    let policy = match shard[5] {
+        0 if k == 1 && n == 1 => Redundancy::None,
+        1 if k == 1 => Redundancy::Replicas(n),
+        2 if n > k => Redundancy::ReedSolomon { data: k, parity: n - k },
+        _ => return Err(corrupt("bad scheme in shard header")),
+    };
+    policy.validate().map_err(|_| corrupt("shard header names an invalid policy"))?;
+    if index >= n as usize || shard[9..12] != [0, 0, 0] {
+        return Err(corrupt("bad index or reserved bytes in shard header"));
+    }
+    let shard_len = u32::from_le_bytes([shard[12], shard[13], shard[14], shard[15]]) as usize;
+    let mut dl = [0u8; 8];
+    dl.copy_from_slice(&shard[16..24]);
+    let data_len = u64::from_le_bytes(dl);
+    let k = policy.data_shards() as u64;
+    if shard.len() != SHARD_HEADER_LEN + shard_len || data_len.div_ceil(k) != shard_len as u64 {
+        return Err(corrupt("shard length does not match its header")
+            .with_context("len", shard.len())
+            .with_context("shard_len", shard_len)
+            .with_context("data_len", data_len));
+    }
+    let mut prefix = [0u8; 24];
+    prefix.copy_from_slice(&shard[..24]);
+    let mut stored = [0u8; 32];
+    stored.copy_from_slice(&shard[24..56]);
+    if checksum(&prefix, &shard[SHARD_HEADER_LEN..]) != stored {
+        return Err(corrupt("shard checksum mismatch (bitrot or tampering)").with_context("index", index));
+    }
+    Ok(ShardInfo { policy, index, shard_len, data_len, checksum: stored })
+}
+
+/// Where a byte range of the protected data lives: `range` of the payload
+/// of data shard `shard`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardRange {
+    /// Data shard index (`0..k`).
+    pub shard: usize,
+    /// Byte range inside that shard's payload (add [`SHARD_HEADER_LEN`]
+    /// for the offset in the shard object).
+    pub range: Range<usize>,
+}
+
+/// The result of [`Codec::decode`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded {
+    /// The protected data.
+    pub data: Vec<u8>,
+    /// Indices of shards that were given but failed verification.
+    pub corrupt: Vec<usize>,
+    /// Indices of shards that were not given.
+    pub missing: Vec<usize>,
+}
+
+/// Encodes and decodes data under one [`Redundancy`] policy.
+pub struct Codec {
+    policy: Redundancy,
+    rs: Option<ReedSolomon>,
+}
+
+impl fmt::Debug for Codec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Codec").field("policy", &self.policy).finish()
+    }
+}
+
+impl Codec {
+    /// A codec for `policy`.
+    pub fn new(policy: Redundancy) -> Result<Codec> {
+        policy.validate()?;
+        let rs = match policy {
+            Redundancy::ReedSolomon { data, parity } => Some(
+                ReedSolomon::new(data as usize, parity as usize).map_err(|e| {
+                    Error::new(ErrorKind::InvalidConfig, "Reed-Solomon rejected the policy")
+                        .with_context("policy", policy)
+                        .with_context("detail", format!("{e:?}"))
+                })?,
+            ),
+            _ => None,
+        };
+        Ok(Codec { policy, rs })
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> Redundancy {
+        self.policy
+    }
+
+    /// Payload length of each shard for `data_len` bytes of data.
+    pub fn shard_len(&self, data_len: u64) -> usize {
+        data_len.div_ceil(self.policy.data_shards() as u64) as usize
+    }
+
+    /// Splits `data` into shard objects (header + payload), indexed `0..n`.
+    pub fn encode(&self, data: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let n = self.policy.total_shards();
+        let k = self.policy.data_shards();
+        let s = self.shard_len(data.len() as u64);
+        if s > u32::MAX as usize {
+            return Err(Error::new(ErrorKind::InvalidInput, "data too large for one shard set")
+                .with_context("len", data.len()));
+        }
+        let mut shards: Vec<Vec<u8>> = (0..n)
+            .map(|_| {
+                let mut v = Vec::with_capacity(SHARD_HEADER_LEN + s);
+                v.resize(SHARD_HEADER_LEN, 0);
+                v
+            })
+            .collect();
+        match &self.rs {
+            None => {
+                for shard in &mut shards {
+                    shard.extend_from_slice(data);
+                }
+            }
+            Some(_) if s == 0 => {}
+            Some(rs) => {
+                for (i, shard) in shards.iter_mut().enumerate() {
+                    if i < k {
+                        let lo = (i * s).min(data.len());
+                        let hi = ((i + 1) * s).min(data.len());
+                        shard.extend_from_slice(&data[lo..hi]);
+                    }
+                    shard.resize(SHARD_HEADER_LEN + s, 0);
+                }
+                let mut payloads: Vec<&mut [u8]> =
+                    shards.iter_mut().map(|v| &mut v[SHARD_HEADER_LEN..]).collect();
+                rs.encode(&mut payloads).map_err(|e| {
+                    Error::new(ErrorKind::InvalidInput, "Reed-Solomon encode failed")
+                        .with_context("detail", format!("{e:?}"))
+                })?;
+            }
+        }
+        for (i, shard) in shards.iter_mut().enumerate() {
+            let prefix = header_prefix(self.policy, i, s, data.len() as u64);
+            let sum = checksum(&prefix, &shard[SHARD_HEADER_LEN..]);
+            shard[..24].copy_from_slice(&prefix);
+            shard[24..56].copy_from_slice(&sum);
+        }
+        Ok(shards)
+    }
+
+    /// Rebuilds the data from whatever shards are at hand (`shards[i]` is
+    /// shard `i`, `None` if unavailable). Every given shard is verified;
+    /// corrupt ones are ignored and reported. Needs `k` good shards.
+    pub fn decode(&self, shards: &[Option<&[u8]>]) -> Result<Decoded> {
+        let n = self.policy.total_shards();
+        if shards.len() != n {
+            return Err(Error::new(ErrorKind::InvalidInput, "wrong number of shard slots")
+                .with_context("expected", n)
+                .with_context("got", shards.len()));
+        }
+        let mut good: Vec<Option<ShardInfo>> = vec![None; n];
+        let mut corrupt = Vec::new();
+        let mut missing = Vec::new();
+        for (i, slot) in shards.iter().enumerate() {
+            match slot {
+                None => missing.push(i),
+                Some(bytes) => match verify_shard(bytes) {
+                    Ok(info) if info.index == i && info.policy == self.policy => good[i] = Some(info),
+                    _ => corrupt.push(i),
+                },
+            }
+        }
+        // Good shards must agree on the data length; keep the majority view.
+        let data_len = majority(good.iter().flatten().map(|g| g.data_len));
+        for (i, g) in good.iter_mut().enumerate() {
+            if g.is_some_and(|g| Some(g.data_len) != data_len) {
+                *g = None;
+                corrupt.push(i);
+            }
+        }
+        corrupt.sort_unstable();
+        let k = self.policy.data_shards();
+        let have = good.iter().flatten().count();
+        let Some(data_len) = data_len.filter(|_| have >= k) else {
+            return Err(Error::new(ErrorKind::Insufficient, "not enough good shards to read the data")
+                .with_context("policy", self.policy)
+                .with_context("needed", k)
+                .with_context("good", have)
+                .with_context("corrupt", format!("{corrupt:?}"))
+                .with_context("missing", format!("{missing:?}")));
+        };
+        let payload = |i: usize| -> &[u8] { shards[i].map(|b| &b[SHARD_HEADER_LEN..]).unwrap_or(&[]) };
+        let data = match &self.rs {
+            None => {
+                let i = good.iter().position(Option::is_some).unwrap_or(0);
+                payload(i).to_vec()
+            }
+            Some(rs) => {
+                let s = self.shard_len(data_len);
+                let mut data = Vec::with_capacity(k * s);
+                if s == 0 {
+                    // Empty data: nothing to rebuild.
+                } else if good[..k].iter().all(Option::is_some) {
+                    for i in 0..k {
+                        data.extend_from_slice(payload(i));
+                    }
+                } else {
+                    let mut work: Vec<Option<Vec<u8>>> = (0..n)
+                        .map(|i| good[i].map(|_| payload(i).to_vec()))
+                        .collect();
+                    rs.reconstruct_data(&mut work).map_err(|e| {
+                        Error::new(ErrorKind::Insufficient, "Reed-Solomon reconstruction failed")
+                            .with_context("detail", format!("{e:?}"))
+                    })?;
+                    for w in work.iter().take(k) {
+                        data.extend_from_slice(w.as_deref().unwrap_or(&[]));
+                    }
+                }
+                data.truncate(data_len as usize);
+                data
+            }
+        };
+        if data.len() as u64 != data_len {
+            return Err(Error::new(ErrorKind::Integrity, "decoded length does not match the shard headers"));
+        }
+        Ok(Decoded { data, corrupt, missing })
+    }
+
+    /// Where the data bytes `range` live in the data shards, for a pack of
+    /// `data_len` bytes. For replicas the answer names shard 0; any replica
+    /// holds the same bytes at the same offsets.
+    pub fn locate(&self, data_len: u64, range: Range<u64>) -> Result<Vec<ShardRange>> {
+        if range.start > range.end || range.end > data_len {
+            return Err(Error::new(ErrorKind::InvalidInput, "range outside the data")
+                .with_context("range", format!("{range:?}"))
+                .with_context("data_len", data_len));
+        }
+        let s = self.shard_len(data_len) as u64;
+        let mut out = Vec::new();
+        let mut p = range.start;
+        while p < range.end {
+            let shard = p / s;
+            let end = range.end.min((shard + 1) * s);
+            out.push(ShardRange { shard: shard as usize, range: (p - shard * s) as usize..(end - shard * s) as usize });
+            p = end;
+        }
+        Ok(out)
+    }
+
+    /// Rebuilds `range` of shard `target`'s payload from the same payload
+    /// range of other shards: `pieces` holds `(index, bytes)` for at least
+    /// `k` of them, all of the same length. The result is not checked
+    /// against any checksum (see the module docs).
+    pub fn reconstruct_range(&self, target: usize, pieces: &[(usize, &[u8])]) -> Result<Vec<u8>> {
+        let n = self.policy.total_shards();
+        let k = self.policy.data_shards();
+        let len = pieces.first().map(|p| p.1.len()).unwrap_or(0);
+        if target >= n || pieces.iter().any(|(i, p)| *i >= n || p.len() != len) {
+            return Err(Error::new(ErrorKind::InvalidInput, "bad shard index or piece lengths differ"));
+        }
+        if let Some((_, p)) = pieces.iter().find(|(i, _)| *i == target) {
+            return Ok(p.to_vec());
+        }
+        match &self.rs {
+            None => pieces.first().map(|(_, p)| p.to_vec()).ok_or_else(|| {
+                Error::new(ErrorKind::Insufficient, "no copy of the range is available")
+            }),
+            Some(rs) => {
+                let mut work: Vec<Option<Vec<u8>>> = vec![None; n];
+                for (i, p) in pieces {
+                    work[*i] = Some(p.to_vec());
+                }
+                let have = work.iter().flatten().count();
+                if have < k {
+                    return Err(Error::new(ErrorKind::Insufficient, "not enough shards to rebuild the range")
+                        .with_context("needed", k)
+                        .with_context("got", have));
+                }
+                if target < k {
+                    rs.reconstruct_data(&mut work)
+                } else {
+                    rs.reconstruct(&mut work)
+                }
+                .map_err(|e| {
+                    Error::new(ErrorKind::Insufficient, "Reed-Solomon reconstruction failed")
+                        .with_context("detail", format!("{e:?}"))
+                })?;
+                work.swap_remove(target).ok_or_else(|| {
+                    Error::new(ErrorKind::Insufficient, "reconstruction produced no data for the shard")
+                })
+            }
+        }
+    }
+}
+
+fn majority(values: impl Iterator<Item = u64>) -> Option<u64> {
+    let mut counts: Vec<(u64, usize)> = Vec::new();
+    for v in values {
+        match counts.iter_mut().find(|(x, _)| *x == v) {
+            Some((_, c)) => *c += 1,
+            None => counts.push((v, 1)),
+        }
+    }
+    counts.into_iter().max_by_key(|&(_, c)| c).map(|(v, _)| v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parse_and_print() {
+        for (s, r) in [
+            ("none", Redundancy::None),
+            ("replicas(3)", Redundancy::Replicas(3)),
+            ("rs(4,2)", Redundancy::ReedSolomon { data: 4, parity: 2 }),
+            (" RS( 10 , 4 ) ", Redundancy::ReedSolomon { data: 10, parity: 4 }),
+        ] {
+            let parsed: Redundancy = s.parse().unwrap();
+            assert_eq!(parsed, r);
+            assert_eq!(parsed.to_string().parse::<Redundancy>().unwrap(), r);
+        }
+        for bad in ["", "rs(4)", "rs(0,2)", "rs(4,0)", "rs(65,2)", "replicas(0)", "raid1(3)", "rs(4,2", "rs(4,-1)", "rs(300,1)"] {
+            let e = bad.parse::<Redundancy>().unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{bad}");
+        }
+        assert_eq!(Redundancy::ReedSolomon { data: 4, parity: 2 }.overhead(), 1.5);
+    }
+
+    fn policies() -> impl Strategy<Value = Redundancy> {
+        prop_oneof![
+            Just(Redundancy::None),
+            (1u8..5).prop_map(Redundancy::Replicas),
+            (1u8..8, 1u8..5).prop_map(|(data, parity)| Redundancy::ReedSolomon { data, parity }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn losing_any_m_shards_still_decodes(
+            policy in policies(),
+            data in proptest::collection::vec(any::<u8>(), 0..5000),
+            seed in any::<u64>(),
+        ) {
+            let codec = Codec::new(policy).unwrap();
+            let shards = codec.encode(&data).unwrap();
+            prop_assert_eq!(shards.len(), policy.total_shards());
+            // Drop a random set of exactly m shards, half of them by corruption.
+            let n = shards.len();
+            let m = policy.tolerated_losses();
+            let mut order: Vec<usize> = (0..n).collect();
+            let mut x = seed | 1;
+            for i in (1..n).rev() {
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                order.swap(i, (x % (i as u64 + 1)) as usize);
+            }
+            let mut damaged = shards.clone();
+            let mut slots: Vec<Option<&[u8]>> = Vec::new();
+            for (j, &i) in order.iter().take(m).enumerate() {
+                if j % 2 == 0 {
+                    let pos = (x as usize) % damaged[i].len();
+                    damaged[i][pos] ^= 0x40;
+                }
+            }
+            let lost: Vec<usize> = order.iter().take(m).copied().collect();
+            for i in 0..n {
+                let removed = lost.contains(&i) && lost.iter().position(|&l| l == i).unwrap() % 2 == 1;
+                slots.push(if removed { None } else { Some(&damaged[i][..]) });
+            }
+            let decoded = codec.decode(&slots).unwrap();
+            prop_assert_eq!(&decoded.data, &data);
+            let mut bad: Vec<usize> = decoded.corrupt.iter().chain(&decoded.missing).copied().collect();
+            bad.sort_unstable();
+            let mut expect = lost.clone();
+            expect.sort_unstable();
+            prop_assert_eq!(bad, expect);
+        }
+
+        #[test]
+        fn losing_m_plus_one_is_a_clear_error(
+            data in proptest::collection::vec(any::<u8>(), 1..2000),
+            k in 1u8..6, m in 1u8..4,
+        ) {
+            let policy = Redundancy::ReedSolomon { data: k, parity: m };
+            let codec = Codec::new(policy).unwrap();
+            let shards = codec.encode(&data).unwrap();
+            let slots: Vec<Option<&[u8]>> = shards.iter().enumerate()
+                .map(|(i, s)| (i > m as usize).then_some(&s[..])).collect();
+            let e = codec.decode(&slots).unwrap_err();
+            prop_assert_eq!(e.kind(), ErrorKind::Insufficient);
+        }
+
+        #[test]
+        fn every_corrupted_byte_is_detected(
+            policy in policies(),
+            data in proptest::collection::vec(any::<u8>(), 0..600),
+            pos in any::<prop::sample::Index>(),
+            which in any::<prop::sample::Index>(),
+            flip in 1u8..=255,
+        ) {
+            let codec = Codec::new(policy).unwrap();
+            let mut shards = codec.encode(&data).unwrap();
+            let w = which.index(shards.len());
+            let p = pos.index(shards[w].len());
+            shards[w][p] ^= flip;
+            prop_assert!(verify_shard(&shards[w]).is_err());
+            for (i, s) in shards.iter().enumerate() {
+                if i != w {
+                    prop_assert_eq!(verify_shard(s).unwrap().index, i);
+                }
+            }
+        }
+
+        #[test]
+        fn ranges_locate_and_reconstruct(
+            k in 1u8..7, m in 1u8..4,
+            data in proptest::collection::vec(any::<u8>(), 1..4000),
+            a in any::<prop::sample::Index>(), b in any::<prop::sample::Index>(),
+            skip in any::<prop::sample::Index>(),
+        ) {
+            let policy = Redundancy::ReedSolomon { data: k, parity: m };
+            let codec = Codec::new(policy).unwrap();
+            let shards = codec.encode(&data).unwrap();
+            let (lo, hi) = { let x = a.index(data.len()); let y = b.index(data.len()); (x.min(y), x.max(y) + 1) };
+            let parts = codec.locate(data.len() as u64, lo as u64..hi as u64).unwrap();
+            let mut direct = Vec::new();
+            let mut rebuilt = Vec::new();
+            for part in &parts {
+                let at = |i: usize| &shards[i][SHARD_HEADER_LEN + part.range.start..SHARD_HEADER_LEN + part.range.end];
+                direct.extend_from_slice(at(part.shard));
+                // Rebuild the same range without the shard that holds it,
+                // and without up to m-1 other shards.
+                let n = policy.total_shards();
+                let mut others: Vec<usize> = (0..n).filter(|&i| i != part.shard).collect();
+                let drop = skip.index(others.len());
+                if m > 1 { others.remove(drop); }
+                let pieces: Vec<(usize, &[u8])> = others.iter().map(|&i| (i, at(i))).collect();
+                rebuilt.extend(codec.reconstruct_range(part.shard, &pieces).unwrap());
+            }
+            prop_assert_eq!(&direct[..], &data[lo..hi]);
+            prop_assert_eq!(&rebuilt[..], &data[lo..hi]);
+        }
+    }
+
+    #[test]
+    fn replicas_reconstruct_from_any_copy() {
+        let codec = Codec::new(Redundancy::Replicas(3)).unwrap();
+        let data = b"hello replicas".to_vec();
+        let shards = codec.encode(&data).unwrap();
+        let parts = codec.locate(data.len() as u64, 2..9).unwrap();
+        assert_eq!(parts, vec![ShardRange { shard: 0, range: 2..9 }]);
+        let piece = &shards[2][SHARD_HEADER_LEN + 2..SHARD_HEADER_LEN + 9];
+        assert_eq!(codec.reconstruct_range(0, &[(2, piece)]).unwrap(), &data[2..9]);
+        let d = codec.decode(&[None, None, Some(&shards[2])]).unwrap();
+        assert_eq!(d.data, data);
+        assert_eq!(d.missing, vec![0, 1]);
+    }
+
+    #[test]
+    fn a_shard_from_another_position_counts_as_corrupt() {
+        let codec = Codec::new("rs(2,1)".parse().unwrap()).unwrap();
+        let shards = codec.encode(b"abcdefgh").unwrap();
+        let d = codec.decode(&[Some(&shards[1]), Some(&shards[1]), Some(&shards[2])]).unwrap();
+        assert_eq!(d.data, b"abcdefgh");
+        assert_eq!(d.corrupt, vec![0]);
+    }
+}

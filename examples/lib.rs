@@ -1,0 +1,1 @@
+//! Holder crate for the runnable examples in this folder.
