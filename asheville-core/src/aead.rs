@@ -11,8 +11,8 @@
 //!
 //! [`fastest`] returns the fastest one this build has.
 
-use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::Aes256Gcm;
+use aes_gcm::aead::{AeadInOut, KeyInit};
 
 use crate::error::{Error, ErrorKind, Result};
 
@@ -212,12 +212,20 @@ mod tests {
             let tag = imp.seal_in_place(&key, &nonce, b"ad", &mut buf).unwrap();
             let mut flipped = buf.clone();
             flipped[3] ^= 1;
-            let e = imp.open_in_place(&key, &nonce, b"ad", &mut flipped, &tag).unwrap_err();
+            let e = imp
+                .open_in_place(&key, &nonce, b"ad", &mut flipped, &tag)
+                .unwrap_err();
             assert_eq!(e.kind(), ErrorKind::Integrity, "{}", imp.name());
             let mut b = buf.clone();
-            assert!(imp.open_in_place(&key, &nonce, b"AD", &mut b, &tag).is_err());
+            assert!(
+                imp.open_in_place(&key, &nonce, b"AD", &mut b, &tag)
+                    .is_err()
+            );
             let mut b = buf.clone();
-            assert!(imp.open_in_place(&[8u8; 32], &nonce, b"ad", &mut b, &tag).is_err());
+            assert!(
+                imp.open_in_place(&[8u8; 32], &nonce, b"ad", &mut b, &tag)
+                    .is_err()
+            );
         }
     }
 }

@@ -37,9 +37,18 @@ impl Default for ChunkerConfig {
 impl ChunkerConfig {
     /// Bounds of `fastcdc::v2020` (it asserts on values outside them; we
     /// return an error instead).
-    const MIN_RANGE: (u32, u32) = (fastcdc::v2020::MINIMUM_MIN as u32, fastcdc::v2020::MINIMUM_MAX as u32);
-    const AVG_RANGE: (u32, u32) = (fastcdc::v2020::AVERAGE_MIN as u32, fastcdc::v2020::AVERAGE_MAX as u32);
-    const MAX_RANGE: (u32, u32) = (fastcdc::v2020::MAXIMUM_MIN as u32, fastcdc::v2020::MAXIMUM_MAX as u32);
+    const MIN_RANGE: (u32, u32) = (
+        fastcdc::v2020::MINIMUM_MIN as u32,
+        fastcdc::v2020::MINIMUM_MAX as u32,
+    );
+    const AVG_RANGE: (u32, u32) = (
+        fastcdc::v2020::AVERAGE_MIN as u32,
+        fastcdc::v2020::AVERAGE_MAX as u32,
+    );
+    const MAX_RANGE: (u32, u32) = (
+        fastcdc::v2020::MAXIMUM_MIN as u32,
+        fastcdc::v2020::MAXIMUM_MAX as u32,
+    );
 
     /// A validated configuration.
     pub fn new(min_size: u32, avg_size: u32, max_size: u32) -> Result<Self> {
@@ -62,7 +71,9 @@ impl ChunkerConfig {
         };
         let check = |name: &str, v: u32, (lo, hi): (u32, u32)| {
             if v < lo || v > hi {
-                Err(err(format!("chunker {name} must be between {lo} and {hi} bytes")))
+                Err(err(format!(
+                    "chunker {name} must be between {lo} and {hi} bytes"
+                )))
             } else {
                 Ok(())
             }
@@ -70,11 +81,16 @@ impl ChunkerConfig {
         check("min_size", self.min_size, Self::MIN_RANGE)?;
         check("avg_size", self.avg_size, Self::AVG_RANGE)?;
         check("max_size", self.max_size, Self::MAX_RANGE)?;
-        if [self.min_size, self.avg_size, self.max_size].iter().any(|v| v % 2 != 0) {
+        if [self.min_size, self.avg_size, self.max_size]
+            .iter()
+            .any(|v| !v.is_multiple_of(2))
+        {
             return Err(err("chunker sizes must be even".into()));
         }
         if !(self.min_size < self.avg_size && self.avg_size < self.max_size) {
-            return Err(err("chunker sizes must satisfy min_size < avg_size < max_size".into()));
+            return Err(err(
+                "chunker sizes must satisfy min_size < avg_size < max_size".into(),
+            ));
         }
         Ok(())
     }
@@ -92,8 +108,8 @@ pub fn chunk_slice(config: &ChunkerConfig, data: &[u8]) -> Result<Vec<Range<usiz
         config.avg_size as usize,
         config.max_size as usize,
     )
-        .map(|c| c.offset..c.offset + c.length)
-        .collect())
+    .map(|c| c.offset..c.offset + c.length)
+    .collect())
 }
 
 /// Chunks any `Read` stream with memory bounded by `max_size`. Yields each
@@ -153,8 +169,8 @@ impl<R: Read> Iterator for StreamChunker<R> {
             Err(e) => {
                 self.failed = true;
                 Err(Error::new(ErrorKind::Io, "reading the input stream failed")
-                .with_context("offset", self.offset)
-                .set_source(std::io::Error::other(e.to_string())))
+                    .with_context("offset", self.offset)
+                    .set_source(std::io::Error::other(e.to_string())))
             }
         })
     }
@@ -184,13 +200,23 @@ mod tests {
 
     #[test]
     fn bad_configs_are_clear_errors() {
-        for (min, avg, max) in [(0, 1024, 4096), (256, 1023, 4096), (4096, 1024, 8192), (256, 1024, 1024), (256, 1024, u32::MAX)] {
+        for (min, avg, max) in [
+            (0, 1024, 4096),
+            (256, 1023, 4096),
+            (4096, 1024, 8192),
+            (256, 1024, 1024),
+            (256, 1024, u32::MAX),
+        ] {
             let e = ChunkerConfig::new(min, avg, max).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::InvalidConfig);
             assert!(e.to_string().contains("chunker"), "{e}");
         }
         ChunkerConfig::default().validate().unwrap();
-        let bad = ChunkerConfig { min_size: 10, avg_size: 5, max_size: 1 };
+        let bad = ChunkerConfig {
+            min_size: 10,
+            avg_size: 5,
+            max_size: 1,
+        };
         assert!(chunk_slice(&bad, b"abc").is_err());
         assert!(StreamChunker::new(&bad, &b"abc"[..]).is_err());
     }
@@ -211,12 +237,18 @@ mod tests {
     fn an_insert_moves_few_chunks() {
         let data = pseudo_random(1 << 20, 2);
         let cfg = small();
-        let before: std::collections::HashSet<&[u8]> =
-            chunk_slice(&cfg, &data).unwrap().into_iter().map(|r| &data[r]).collect();
+        let before: std::collections::HashSet<&[u8]> = chunk_slice(&cfg, &data)
+            .unwrap()
+            .into_iter()
+            .map(|r| &data[r])
+            .collect();
         let mut edited = data.clone();
         edited.insert(500_000, 42);
         let after = chunk_slice(&cfg, &edited).unwrap();
-        let changed = after.iter().filter(|r| !before.contains(&edited[(*r).clone()])).count();
+        let changed = after
+            .iter()
+            .filter(|r| !before.contains(&edited[(*r).clone()]))
+            .count();
         assert!(changed <= 3, "{changed} of {} chunks changed", after.len());
     }
 
@@ -279,7 +311,9 @@ mod tests {
                 Ok(n)
             }
         }
-        let results: Vec<_> = StreamChunker::new(&small(), Failing(10_000)).unwrap().collect();
+        let results: Vec<_> = StreamChunker::new(&small(), Failing(10_000))
+            .unwrap()
+            .collect();
         // The chunks before the failure, then exactly one error, then the end.
         let errors = results.iter().filter(|r| r.is_err()).count();
         assert_eq!(errors, 1);

@@ -107,12 +107,17 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 fn parse_hex32(s: &str) -> std::result::Result<[u8; 32], String> {
     let b = s.as_bytes();
     if b.len() != 64 {
-        return Err(format!("expected 64 hex digits, got {} characters", s.chars().count()));
+        return Err(format!(
+            "expected 64 hex digits, got {} characters",
+            s.chars().count()
+        ));
     }
     let mut out = [0u8; 32];
     for (i, pair) in b.chunks_exact(2).enumerate() {
-        let hi = hex_val(pair[0]).ok_or_else(|| format!("non-hex character at position {}", 2 * i))?;
-        let lo = hex_val(pair[1]).ok_or_else(|| format!("non-hex character at position {}", 2 * i + 1))?;
+        let hi =
+            hex_val(pair[0]).ok_or_else(|| format!("non-hex character at position {}", 2 * i))?;
+        let lo = hex_val(pair[1])
+            .ok_or_else(|| format!("non-hex character at position {}", 2 * i + 1))?;
         out[i] = (hi << 4) | lo;
     }
     Ok(out)
@@ -183,7 +188,10 @@ mod tests {
         assert_ne!(ChunkId::compute(&a, b"x"), ChunkId::compute(&a, b"y"));
         assert_eq!(ChunkId::compute(&a, b"x"), ChunkId::compute(&a, b"x"));
         // The id is not the unkeyed hash.
-        assert_ne!(ChunkId::compute(&a, b"x").as_bytes(), blake3::hash(b"x").as_bytes());
+        assert_ne!(
+            ChunkId::compute(&a, b"x").as_bytes(),
+            blake3::hash(b"x").as_bytes()
+        );
     }
 
     proptest! {

@@ -205,10 +205,13 @@ impl KdfParams {
     /// Checks the parameters against Argon2's rules and our upper bounds.
     pub fn validate(&self) -> Result<()> {
         let bad = |what: &str| {
-            Error::new(ErrorKind::InvalidConfig, format!("invalid Argon2id parameters: {what}"))
-                .with_context("memory_kib", self.memory_kib)
-                .with_context("iterations", self.iterations)
-                .with_context("parallelism", self.parallelism)
+            Error::new(
+                ErrorKind::InvalidConfig,
+                format!("invalid Argon2id parameters: {what}"),
+            )
+            .with_context("memory_kib", self.memory_kib)
+            .with_context("iterations", self.iterations)
+            .with_context("parallelism", self.parallelism)
         };
         if self.parallelism == 0 || self.parallelism > Self::MAX.parallelism {
             return Err(bad("parallelism must be 1..=64"));
@@ -217,19 +220,23 @@ impl KdfParams {
             return Err(bad("iterations must be 1..=64"));
         }
         if self.memory_kib < 8 * self.parallelism || self.memory_kib > Self::MAX.memory_kib {
-            return Err(bad("memory must be at least 8 KiB per lane and at most 4 GiB"));
+            return Err(bad(
+                "memory must be at least 8 KiB per lane and at most 4 GiB",
+            ));
         }
         Ok(())
     }
 
     fn derive(&self, passphrase: &[u8], salt: &[u8; 16]) -> Result<Zeroizing<[u8; 32]>> {
         self.validate()?;
-        let params = argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
-            .map_err(|e| {
-                Error::new(ErrorKind::InvalidConfig, "invalid Argon2id parameters")
-                    .with_context("detail", e)
-            })?;
-        let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let params =
+            argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
+                .map_err(|e| {
+                    Error::new(ErrorKind::InvalidConfig, "invalid Argon2id parameters")
+                        .with_context("detail", e)
+                })?;
+        let argon =
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
         let mut out = Zeroizing::new([0u8; 32]);
         argon
             .hash_password_into(passphrase, salt, out.as_mut())
@@ -260,7 +267,9 @@ pub const KEY_FILE_LEN: usize = 100;
 
 impl fmt::Debug for KeyFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyFile").field("params", &self.params).finish_non_exhaustive()
+        f.debug_struct("KeyFile")
+            .field("params", &self.params)
+            .finish_non_exhaustive()
     }
 }
 
@@ -342,20 +351,25 @@ impl KeyFile {
             return Err(bad("not an Asheville key file (bad magic)"));
         }
         if bytes[8] != VERSION {
-            return Err(Error::new(ErrorKind::Unsupported, "unknown key file version")
-                .with_context("version", bytes[8]));
+            return Err(
+                Error::new(ErrorKind::Unsupported, "unknown key file version")
+                    .with_context("version", bytes[8]),
+            );
         }
         if bytes.len() != KEY_FILE_LEN {
             return Err(bad("key file has the wrong length").with_context("len", bytes.len()));
         }
         if bytes[9] != KDF_ARGON2ID {
-            return Err(Error::new(ErrorKind::Unsupported, "unknown key derivation function")
-                .with_context("kdf", bytes[9]));
+            return Err(
+                Error::new(ErrorKind::Unsupported, "unknown key derivation function")
+                    .with_context("kdf", bytes[9]),
+            );
         }
         if bytes[10..12] != [0, 0] {
             return Err(bad("reserved bytes of the key file are not zero"));
         }
-        let u32_at = |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
+        let u32_at =
+            |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
         let params = KdfParams {
             memory_kib: u32_at(12),
             iterations: u32_at(16),
@@ -394,7 +408,9 @@ mod tests {
         let e = parsed.unwrap_key(b"wrong").unwrap_err();
         assert_eq!(e.kind(), ErrorKind::WrongKey);
 
-        let re = parsed.rewrap(b"correct horse", b"battery staple", FAST).unwrap();
+        let re = parsed
+            .rewrap(b"correct horse", b"battery staple", FAST)
+            .unwrap();
         assert_ne!(re.to_bytes(), bytes, "fresh salt and nonce");
         assert_eq!(re.unwrap_key(b"battery staple").unwrap(), master);
         assert!(re.unwrap_key(b"correct horse").is_err());
@@ -420,16 +436,28 @@ mod tests {
 
     #[test]
     fn parse_rejects_bad_input() {
-        assert_eq!(KeyFile::parse(b"").unwrap_err().kind(), ErrorKind::InvalidInput);
+        assert_eq!(
+            KeyFile::parse(b"").unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
         let master = MasterKey::from_bytes([5; 32]);
         let bytes = KeyFile::wrap(&master, b"pw", FAST).unwrap().to_bytes();
-        assert_eq!(KeyFile::parse(&bytes[..99]).unwrap_err().kind(), ErrorKind::InvalidInput);
+        assert_eq!(
+            KeyFile::parse(&bytes[..99]).unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
         let mut v2 = bytes;
         v2[8] = 2;
-        assert_eq!(KeyFile::parse(&v2).unwrap_err().kind(), ErrorKind::Unsupported);
+        assert_eq!(
+            KeyFile::parse(&v2).unwrap_err().kind(),
+            ErrorKind::Unsupported
+        );
         let mut huge = bytes;
         huge[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert_eq!(KeyFile::parse(&huge).unwrap_err().kind(), ErrorKind::InvalidConfig);
+        assert_eq!(
+            KeyFile::parse(&huge).unwrap_err().kind(),
+            ErrorKind::InvalidConfig
+        );
     }
 
     #[test]

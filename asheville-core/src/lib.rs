@@ -62,5 +62,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use id::{ChunkId, PackId};
 pub use keys::{IdKey, KdfParams, KeyFile, MasterKey, SealKey, TenantKeys};
 pub use placement::{Placement, Slot};
-pub use redundancy::{Codec, Decoded, Redundancy, ShardInfo, ShardRange, verify_shard};
+pub use redundancy::{
+    Codec, Decoded, EncodedPack, Redundancy, ShardInfo, ShardRange, verify_shard,
+};
 pub use seal::{BlobHeader, Compression, Sealer};

@@ -36,7 +36,11 @@ impl Slot {
     /// A slot with weight 1 in its own failure domain (named after it).
     pub fn new(name: impl Into<String>) -> Slot {
         let name = name.into();
-        Slot { domain: name.clone(), name, weight: 1.0 }
+        Slot {
+            domain: name.clone(),
+            name,
+            weight: 1.0,
+        }
     }
 }
 
@@ -54,13 +58,19 @@ impl Placement {
         let mut seen = HashSet::new();
         for s in &slots {
             if s.name.is_empty() || !seen.insert(s.name.as_str()) {
-                return Err(Error::new(ErrorKind::InvalidConfig, "backend names must be unique and non-empty")
-                    .with_context("name", &s.name));
+                return Err(Error::new(
+                    ErrorKind::InvalidConfig,
+                    "backend names must be unique and non-empty",
+                )
+                .with_context("name", &s.name));
             }
             if !s.weight.is_finite() || s.weight < 0.0 {
-                return Err(Error::new(ErrorKind::InvalidConfig, "backend weight must be a finite number >= 0")
-                    .with_context("name", &s.name)
-                    .with_context("weight", s.weight));
+                return Err(Error::new(
+                    ErrorKind::InvalidConfig,
+                    "backend weight must be a finite number >= 0",
+                )
+                .with_context("name", &s.name)
+                .with_context("weight", s.weight));
             }
         }
         let name_keys = slots
@@ -97,9 +107,12 @@ impl Placement {
     pub fn place(&self, pack: &[u8], shards: usize) -> Result<Vec<usize>> {
         let live = self.slots.iter().filter(|s| s.weight > 0.0).count();
         if live < shards {
-            return Err(Error::new(ErrorKind::Insufficient, "fewer usable backends than shards per pack")
-                .with_context("shards", shards)
-                .with_context("usable_backends", live));
+            return Err(Error::new(
+                ErrorKind::Insufficient,
+                "fewer usable backends than shards per pack",
+            )
+            .with_context("shards", shards)
+            .with_context("usable_backends", live));
         }
         let mut used = vec![false; self.slots.len()];
         let mut domains: HashSet<&str> = HashSet::new();
@@ -116,7 +129,8 @@ impl Placement {
                     best = Some(cand);
                 }
             }
-            let (_, _, b) = best.ok_or_else(|| Error::new(ErrorKind::Insufficient, "no backend left"))?;
+            let (_, _, b) =
+                best.ok_or_else(|| Error::new(ErrorKind::Insufficient, "no backend left"))?;
             used[b] = true;
             domains.insert(self.slots[b].domain.as_str());
             out.push(b);
@@ -212,15 +226,25 @@ mod tests {
         // a later shard of the same pack held) adds a bounded amount;
         // measured: add 0.12, remove 0.14. A reshuffle would be ~0.9.
         eprintln!("moved: add {add_share:.3}, remove {remove_share:.3}");
-        assert!(add_share > 0.08 && add_share < 0.14, "add moved {add_share:.3}");
-        assert!(remove_share > 0.09 && remove_share < 0.16, "remove moved {remove_share:.3}");
+        assert!(
+            add_share > 0.08 && add_share < 0.14,
+            "add moved {add_share:.3}"
+        );
+        assert!(
+            remove_share > 0.09 && remove_share < 0.16,
+            "remove moved {remove_share:.3}"
+        );
     }
 
     #[test]
     fn failure_domains_are_spread_when_possible() {
         // 6 backends in 3 domains; rs(2,1) -> 3 shards must use 3 domains.
         let s: Vec<Slot> = (0..6)
-            .map(|i| Slot { name: format!("b{i}"), weight: 1.0, domain: format!("site-{}", i / 2) })
+            .map(|i| Slot {
+                name: format!("b{i}"),
+                weight: 1.0,
+                domain: format!("site-{}", i / 2),
+            })
             .collect();
         let p = Placement::new(s.clone()).unwrap();
         for i in 0..1000 {
@@ -248,7 +272,10 @@ mod tests {
         assert!(p.place(&pack(0), 4).is_err());
         let mut dup = slots(2);
         dup[1].name = dup[0].name.clone();
-        assert_eq!(Placement::new(dup).unwrap_err().kind(), ErrorKind::InvalidConfig);
+        assert_eq!(
+            Placement::new(dup).unwrap_err().kind(),
+            ErrorKind::InvalidConfig
+        );
         let mut neg = slots(2);
         neg[0].weight = f64::NAN;
         assert!(Placement::new(neg).is_err());

@@ -81,11 +81,14 @@ pub enum Compression {
 
 impl Compression {
     fn validate(self) -> Result<()> {
-        if let Compression::Zstd { level } = self {
-            if !(-7..=22).contains(&level) || level == 0 {
-                return Err(Error::new(ErrorKind::InvalidConfig, "zstd level must be in -7..=22 and not 0")
-                    .with_context("level", level));
-            }
+        if let Compression::Zstd { level } = self
+            && (!(-7..=22).contains(&level) || level == 0)
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "zstd level must be in -7..=22 and not 0",
+            )
+            .with_context("level", level));
         }
         Ok(())
     }
@@ -111,24 +114,37 @@ impl BlobHeader {
     /// length matches the header exactly.
     pub fn parse(blob: &[u8]) -> Result<BlobHeader> {
         if blob.len() < OVERHEAD {
-            return Err(Error::new(ErrorKind::Integrity, "blob is shorter than its header and tag")
-                .with_context("len", blob.len()));
+            return Err(Error::new(
+                ErrorKind::Integrity,
+                "blob is shorter than its header and tag",
+            )
+            .with_context("len", blob.len()));
         }
         if blob[0] != BLOB_VERSION {
-            return Err(Error::new(ErrorKind::Unsupported, "unknown blob format version")
-                .with_context("version", blob[0]));
+            return Err(
+                Error::new(ErrorKind::Unsupported, "unknown blob format version")
+                    .with_context("version", blob[0]),
+            );
         }
         let compression = match (blob[1], blob[2] as i8) {
             (0, 0) => Compression::None,
             (1, level) => Compression::Zstd { level },
             _ => {
-                return Err(Error::new(ErrorKind::Integrity, "bad compression field in blob header")
-                    .with_context("compression", blob[1]));
+                return Err(Error::new(
+                    ErrorKind::Integrity,
+                    "bad compression field in blob header",
+                )
+                .with_context("compression", blob[1]));
             }
         };
-        compression.validate().map_err(|e| Error::new(ErrorKind::Integrity, e.message().to_owned()))?;
+        compression
+            .validate()
+            .map_err(|e| Error::new(ErrorKind::Integrity, e.message().to_owned()))?;
         if blob[3] != 0 {
-            return Err(Error::new(ErrorKind::Integrity, "reserved byte of blob header is not zero"));
+            return Err(Error::new(
+                ErrorKind::Integrity,
+                "reserved byte of blob header is not zero",
+            ));
         }
         let plain_len = u32::from_le_bytes([blob[4], blob[5], blob[6], blob[7]]);
         let stored_len = u32::from_le_bytes([blob[8], blob[9], blob[10], blob[11]]);
@@ -136,14 +152,23 @@ impl BlobHeader {
             || (compression == Compression::None && stored_len != plain_len)
             || blob.len() != OVERHEAD + stored_len as usize
         {
-            return Err(Error::new(ErrorKind::Integrity, "blob length does not match its header")
-                .with_context("len", blob.len())
-                .with_context("plain_len", plain_len)
-                .with_context("stored_len", stored_len));
+            return Err(Error::new(
+                ErrorKind::Integrity,
+                "blob length does not match its header",
+            )
+            .with_context("len", blob.len())
+            .with_context("plain_len", plain_len)
+            .with_context("stored_len", stored_len));
         }
         let mut nonce = [0u8; NONCE_LEN];
         nonce.copy_from_slice(&blob[12..24]);
-        Ok(BlobHeader { version: blob[0], compression, plain_len, stored_len, nonce })
+        Ok(BlobHeader {
+            version: blob[0],
+            compression,
+            plain_len,
+            stored_len,
+            nonce,
+        })
     }
 
     fn prefix(&self) -> [u8; 12] {
@@ -201,9 +226,17 @@ impl std::fmt::Debug for Sealer {
 
 impl Sealer {
     /// A sealer using `aead` (see [`crate::aead::fastest`]).
-    pub fn new(key: SealKey, compression: Compression, aead: &'static dyn AesGcm) -> Result<Sealer> {
+    pub fn new(
+        key: SealKey,
+        compression: Compression,
+        aead: &'static dyn AesGcm,
+    ) -> Result<Sealer> {
         compression.validate()?;
-        Ok(Sealer { key, aead, compression })
+        Ok(Sealer {
+            key,
+            aead,
+            compression,
+        })
     }
 
     /// The compression this sealer tries.
@@ -217,8 +250,10 @@ impl Sealer {
     /// [`crate::TenantKeys::chunk_id`] first: the nonce argument relies on it).
     pub fn seal_into(&self, id: &ChunkId, plaintext: &[u8], out: &mut Vec<u8>) -> Result<()> {
         if plaintext.len() > MAX_PLAINTEXT {
-            return Err(Error::new(ErrorKind::InvalidInput, "chunk too large for a blob")
-                .with_context("len", plaintext.len()));
+            return Err(
+                Error::new(ErrorKind::InvalidInput, "chunk too large for a blob")
+                    .with_context("len", plaintext.len()),
+            );
         }
         let chunk_key = self.key.chunk_key(id);
         let start = out.len();
@@ -232,7 +267,11 @@ impl Sealer {
             }
         };
         let (stored, compression, commitment) = match &compressed {
-            Some((c, level)) => (&c[..], Compression::Zstd { level: *level }, *blake3::hash(c).as_bytes()),
+            Some((c, level)) => (
+                &c[..],
+                Compression::Zstd { level: *level },
+                *blake3::hash(c).as_bytes(),
+            ),
             None => (plaintext, Compression::None, *id.as_bytes()),
         };
         let mut header = BlobHeader {
@@ -248,7 +287,9 @@ impl Sealer {
         out.extend_from_slice(&hbytes);
         out.extend_from_slice(stored);
         let body = &mut out[start + HEADER_LEN..];
-        let tag = self.aead.seal_in_place(&chunk_key, &header.nonce, &aad(&hbytes, id), body)?;
+        let tag = self
+            .aead
+            .seal_in_place(&chunk_key, &header.nonce, &aad(&hbytes, id), body)?;
         out.extend_from_slice(&tag);
         Ok(())
     }
@@ -276,14 +317,21 @@ impl Sealer {
         match header.compression {
             Compression::None => Ok(buf),
             Compression::Zstd { .. } => {
-                let plain = zstd::bulk::decompress(&buf, header.plain_len as usize).map_err(|e| {
-                    Error::new(ErrorKind::Integrity, "authenticated blob failed to decompress")
+                let plain =
+                    zstd::bulk::decompress(&buf, header.plain_len as usize).map_err(|e| {
+                        Error::new(
+                            ErrorKind::Integrity,
+                            "authenticated blob failed to decompress",
+                        )
                         .with_context("chunk", id)
                         .set_source(e)
-                })?;
+                    })?;
                 if plain.len() != header.plain_len as usize {
-                    return Err(Error::new(ErrorKind::Integrity, "decompressed length does not match header")
-                        .with_context("chunk", id));
+                    return Err(Error::new(
+                        ErrorKind::Integrity,
+                        "decompressed length does not match header",
+                    )
+                    .with_context("chunk", id));
                 }
                 Ok(plain)
             }
@@ -307,7 +355,12 @@ mod tests {
     }
 
     fn text(n: usize) -> Vec<u8> {
-        b"the quick brown fox jumps over the lazy dog. ".iter().cycle().take(n).copied().collect()
+        b"the quick brown fox jumps over the lazy dog. "
+            .iter()
+            .cycle()
+            .take(n)
+            .copied()
+            .collect()
     }
 
     proptest! {
@@ -392,10 +445,15 @@ mod tests {
         assert_eq!(h.compression, Compression::Zstd { level: 3 });
         assert!(a.len() < data.len() / 10);
         // Incompressible data is stored as is, without the zstd flag.
-        let random: Vec<u8> = (0..10_000u32).map(|i| blake3::hash(&i.to_le_bytes()).as_bytes()[0]).collect();
+        let random: Vec<u8> = (0..10_000u32)
+            .map(|i| blake3::hash(&i.to_le_bytes()).as_bytes()[0])
+            .collect();
         let rid = k.chunk_id(&random);
         let b = s.seal(&rid, &random).unwrap();
-        assert_eq!(BlobHeader::parse(&b).unwrap().compression, Compression::None);
+        assert_eq!(
+            BlobHeader::parse(&b).unwrap().compression,
+            Compression::None
+        );
         assert_eq!(b.len(), random.len() + OVERHEAD);
     }
 
@@ -437,7 +495,12 @@ mod tests {
     #[test]
     fn bad_compression_level_is_rejected() {
         let k = keys(8);
-        let e = Sealer::new(k.seal_key().clone(), Compression::Zstd { level: 30 }, aead::fastest()).unwrap_err();
+        let e = Sealer::new(
+            k.seal_key().clone(),
+            Compression::Zstd { level: 30 },
+            aead::fastest(),
+        )
+        .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidConfig);
     }
 }
