@@ -1,4 +1,47 @@
-//! Asheville storage layer.
+//! # asheville-storage
 //!
-//! Not built yet: this crate is a placeholder in the workspace layout of
-//! DESIGN.md and exports nothing. See the open issues for its scope.
+//! The storage engine: [`Backend`]s (local directory, memory, S3 through
+//! `object_store`), packs of sealed blobs, Reed-Solomon shards placed on
+//! distinct backends, a [`Catalog`] (embedded redb), and the
+//! [`Repository`] API that applications embed.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> asheville_storage::Result<()> {
+//! use asheville_storage::{FileMeta, RepoConfig, Repository, TenantKey};
+//! use asheville_core::{KdfParams, MasterKey};
+//!
+//! let dir = std::env::temp_dir().join(format!("asheville-doc-{}", std::process::id()));
+//! let mut config = RepoConfig::local(&dir, 3, "rs(2,1)".parse()?);
+//! config.kdf = KdfParams::INSECURE_FAST_FOR_TESTS; // the default is the secure one
+//! let repo = Repository::create(&dir.join("catalog.redb"), config).await?;
+//! let acme = repo.create_tenant("acme", TenantKey::Passphrase("correct horse".into())).await?;
+//!
+//! acme.put("docs/hello.txt", &b"hello, world"[..], FileMeta::default()).await?;
+//! let mut out = Vec::new();
+//! acme.get("docs/hello.txt", &mut out).await?;
+//! assert_eq!(out, b"hello, world");
+//! # std::fs::remove_dir_all(&dir).ok();
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod backend;
+pub mod cache;
+pub mod catalog;
+pub mod chunking;
+pub mod config;
+pub mod conformance;
+pub mod error;
+pub mod pack;
+pub mod path;
+pub mod repository;
+
+pub use backend::{
+    Backend, BackendKind, DynBackend, Fault, FaultyBackend, ObjectStoreBackend, S3Config,
+};
+pub use catalog::{Catalog, ChunkRef, Entry, FileMeta, FileVersion, ListPage, RedbCatalog};
+pub use config::{BackendConfig, RepoConfig};
+pub use error::{Error, ErrorKind, Result};
+pub use path::RepoPath;
+pub use repository::{Repository, Tenant, TenantKey};

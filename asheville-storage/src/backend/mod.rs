@@ -1,0 +1,66 @@
+//! Backends: where shards live. One small async trait; implementations
+//! in submodules; wrappers (fault injection) are backends too.
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::error::Result;
+
+mod faulty;
+mod objstore;
+
+pub use faulty::{Fault, FaultyBackend};
+pub use objstore::{BackendKind, ObjectStoreBackend, S3Config};
+
+/// Size and name of a stored object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Object key.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListPage {
+    /// Objects in key order.
+    pub objects: Vec<ObjectInfo>,
+    /// Pass as `after` to get the next page; `None` at the end.
+    pub next: Option<String>,
+}
+
+/// An object store holding shards. Keys are `/`-separated, ASCII, without
+/// leading `/`. Every implementation passes [`crate::conformance`].
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// The configured name (unique in a repository).
+    fn name(&self) -> &str;
+
+    /// Stores `parts` (concatenated) at `key`, replacing any object there.
+    /// Returns only once the object is durable.
+    async fn put(&self, key: &str, parts: Vec<Bytes>) -> Result<()>;
+
+    /// The whole object. `NotFound` if absent.
+    async fn get(&self, key: &str) -> Result<Bytes>;
+
+    /// Bytes `range` of the object. `InvalidInput` if the range is empty
+    /// or reaches past the end.
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes>;
+
+    /// Size of the object. `NotFound` if absent.
+    async fn head(&self, key: &str) -> Result<ObjectInfo>;
+
+    /// Deletes the object. Deleting an absent object succeeds.
+    async fn delete(&self, key: &str) -> Result<()>;
+
+    /// Objects whose key starts with `prefix`, in key order, strictly after
+    /// `after`, at most `limit` of them.
+    async fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<ListPage>;
+}
+
+/// A shared backend.
+pub type DynBackend = Arc<dyn Backend>;

@@ -1,0 +1,311 @@
+//! The `object_store` backend: local directory, memory, S3.
+
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path as OsPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+use super::{Backend, ListPage, ObjectInfo};
+use crate::error::{Error, ErrorKind, Result};
+
+/// S3 or S3-compatible endpoint (path-style requests).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct S3Config {
+    /// Bucket name.
+    pub bucket: String,
+    /// Endpoint URL, e.g. `http://127.0.0.1:9000`; `None` for AWS.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Region (`us-east-1` if unsure).
+    pub region: String,
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key. Never logged (see `Debug` of the backend).
+    pub secret_access_key: String,
+    /// Allow plain `http://` endpoints.
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Key prefix inside the bucket.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Retries of transient failures (object_store's retry layer).
+    #[serde(default = "default_retries")]
+    pub max_retries: usize,
+}
+
+fn default_retries() -> usize {
+    5
+}
+
+/// What kind of store a backend is.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum BackendKind {
+    /// A local directory.
+    Local {
+        /// Directory (created if missing).
+        path: PathBuf,
+    },
+    /// Process memory (lost on exit; for tests and caches).
+    Memory,
+    /// S3 or compatible.
+    S3(S3Config),
+}
+
+impl std::fmt::Debug for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendKind::Local { path } => write!(f, "Local({})", path.display()),
+            BackendKind::Memory => f.write_str("Memory"),
+            BackendKind::S3(c) => write!(
+                f,
+                "S3(bucket={}, endpoint={:?}, region={}, key_id={}, secret=<redacted>)",
+                c.bucket, c.endpoint, c.region, c.access_key_id
+            ),
+        }
+    }
+}
+
+/// A [`Backend`] over any `object_store` store.
+pub struct ObjectStoreBackend {
+    name: String,
+    store: Arc<dyn ObjectStore>,
+    prefix: Option<OsPath>,
+}
+
+impl std::fmt::Debug for ObjectStoreBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ObjectStoreBackend({}: {})", self.name, self.store)
+    }
+}
+
+impl ObjectStoreBackend {
+    /// Wraps an existing store.
+    pub fn new(name: impl Into<String>, store: Arc<dyn ObjectStore>) -> Self {
+        ObjectStoreBackend {
+            name: name.into(),
+            store,
+            prefix: None,
+        }
+    }
+
+    /// Builds the store a [`BackendKind`] describes.
+    pub fn open(name: &str, kind: &BackendKind) -> Result<Self> {
+        let err = |e: object_store::Error| {
+            Error::new(ErrorKind::InvalidInput, "cannot open backend")
+                .with_context("backend", name)
+                .set_source(e)
+        };
+        match kind {
+            BackendKind::Local { path } => {
+                std::fs::create_dir_all(path).map_err(|e| {
+                    Error::io("cannot create backend directory", e)
+                        .with_context("backend", name)
+                        .with_context("path", path.display())
+                })?;
+                let store =
+                    object_store::local::LocalFileSystem::new_with_prefix(path).map_err(err)?;
+                Ok(Self::new(name, Arc::new(store)))
+            }
+            BackendKind::Memory => Ok(Self::new(
+                name,
+                Arc::new(object_store::memory::InMemory::new()),
+            )),
+            #[cfg(feature = "s3")]
+            BackendKind::S3(c) => {
+                let mut b = object_store::aws::AmazonS3Builder::new()
+                    .with_bucket_name(&c.bucket)
+                    .with_region(&c.region)
+                    .with_access_key_id(&c.access_key_id)
+                    .with_secret_access_key(&c.secret_access_key)
+                    .with_allow_http(c.allow_http)
+                    .with_virtual_hosted_style_request(false)
+                    .with_retry(object_store::RetryConfig {
+                        max_retries: c.max_retries,
+                        ..Default::default()
+                    });
+                if let Some(ep) = &c.endpoint {
+                    b = b.with_endpoint(ep);
+                }
+                let store = b.build().map_err(err)?;
+                let mut me = Self::new(name, Arc::new(store));
+                me.prefix = c.prefix.as_deref().map(OsPath::from);
+                Ok(me)
+            }
+            #[cfg(not(feature = "s3"))]
+            BackendKind::S3(_) => Err(Error::new(
+                ErrorKind::Unsupported,
+                "built without the `s3` feature",
+            )
+            .with_context("backend", name)),
+        }
+    }
+
+    fn path(&self, key: &str) -> Result<OsPath> {
+        let p = OsPath::parse(key).map_err(|e| {
+            Error::new(ErrorKind::InvalidInput, "invalid object key")
+                .with_context("backend", &self.name)
+                .with_context("key", key)
+                .set_source(e)
+        })?;
+        Ok(match &self.prefix {
+            Some(pre) => pre.parts().chain(p.parts()).collect(),
+            None => p,
+        })
+    }
+
+    fn strip(&self, p: &OsPath) -> String {
+        match &self.prefix {
+            Some(pre) => p
+                .prefix_match(pre)
+                .map(|parts| parts.collect::<OsPath>().to_string())
+                .unwrap_or_default(),
+            None => p.to_string(),
+        }
+    }
+
+    fn map_err(&self, key: &str, e: object_store::Error) -> Error {
+        use object_store::Error as E;
+        let (kind, msg) = match &e {
+            E::NotFound { .. } => (ErrorKind::NotFound, "object not found"),
+            E::AlreadyExists { .. } => (ErrorKind::AlreadyExists, "object already exists"),
+            E::Precondition { .. } | E::NotModified { .. } => {
+                (ErrorKind::Precondition, "precondition failed")
+            }
+            E::PermissionDenied { .. } | E::Unauthenticated { .. } => {
+                (ErrorKind::Permission, "permission denied")
+            }
+            E::NotSupported { .. } | E::NotImplemented { .. } => {
+                (ErrorKind::Unsupported, "not supported by this backend")
+            }
+            E::InvalidPath { .. } => (ErrorKind::InvalidInput, "invalid object key"),
+            // object_store has already retried what it considers transient
+            // (timeouts, 5xx, connection errors) before giving us `Generic`.
+            E::Generic { .. } => (ErrorKind::Transient, "backend request failed"),
+            _ => (ErrorKind::Other, "backend error"),
+        };
+        Error::new(kind, msg)
+            .with_context("backend", &self.name)
+            .with_context("key", key)
+            .set_source(e)
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for ObjectStoreBackend {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn put(&self, key: &str, parts: Vec<Bytes>) -> Result<()> {
+        let p = self.path(key)?;
+        let payload: PutPayload = parts.into_iter().collect();
+        self.store
+            .put(&p, payload)
+            .await
+            .map_err(|e| self.map_err(key, e))?;
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes> {
+        let p = self.path(key)?;
+        let r = self.store.get(&p).await.map_err(|e| self.map_err(key, e))?;
+        r.bytes().await.map_err(|e| self.map_err(key, e))
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
+        if range.start >= range.end {
+            return Err(
+                Error::new(ErrorKind::InvalidInput, "empty or inverted range")
+                    .with_context("backend", &self.name)
+                    .with_context("range", format!("{range:?}")),
+            );
+        }
+        let p = self.path(key)?;
+        let b = self
+            .store
+            .get_range(&p, range.clone())
+            .await
+            .map_err(|e| match e {
+                object_store::Error::NotFound { .. } => self.map_err(key, e),
+                e => {
+                    let mut err = self.map_err(key, e);
+                    if err.kind() != ErrorKind::Transient {
+                        err = Error::new(ErrorKind::InvalidInput, "range outside the object")
+                            .with_context("backend", &self.name)
+                            .with_context("key", key)
+                            .with_context("range", format!("{range:?}"))
+                            .set_source(err);
+                    }
+                    err
+                }
+            })?;
+        if b.len() as u64 != range.end - range.start {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "range reaches past the end of the object",
+            )
+            .with_context("backend", &self.name)
+            .with_context("key", key)
+            .with_context("range", format!("{range:?}"))
+            .with_context("got", b.len()));
+        }
+        Ok(b)
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectInfo> {
+        let p = self.path(key)?;
+        let m = self
+            .store
+            .head(&p)
+            .await
+            .map_err(|e| self.map_err(key, e))?;
+        Ok(ObjectInfo {
+            key: key.to_owned(),
+            size: m.size,
+        })
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let p = self.path(key)?;
+        match self.store.delete(&p).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.map_err(key, e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<ListPage> {
+        // object_store lists by whole path segments; we list by string
+        // prefix, so list the enclosing directory and filter.
+        let dir = match prefix.rfind('/') {
+            Some(i) => Some(self.path(&prefix[..i])?),
+            None => self.prefix.clone(),
+        };
+        let stream = match (after, &dir) {
+            (Some(a), _) => self.store.list_with_offset(dir.as_ref(), &self.path(a)?),
+            (None, _) => self.store.list(dir.as_ref()),
+        };
+        let mut items: Vec<ObjectInfo> = stream
+            .map_err(|e| self.map_err(prefix, e))
+            .try_filter_map(|m| {
+                let key = self.strip(&m.location);
+                let keep = key.starts_with(prefix) && after.is_none_or(|a| key.as_str() > a);
+                futures::future::ready(Ok(keep.then_some(ObjectInfo { key, size: m.size })))
+            })
+            .try_collect()
+            .await?;
+        // Not every store returns keys in order; the contract says sorted.
+        items.sort_by(|a, b| a.key.cmp(&b.key));
+        let next = (items.len() > limit).then(|| items[limit - 1].key.clone());
+        items.truncate(limit);
+        let next = next.filter(|_| limit > 0);
+        Ok(ListPage {
+            objects: items,
+            next,
+        })
+    }
+}

@@ -1,0 +1,163 @@
+//! The catalog: what is stored where. A trait, so a PostgreSQL catalog can
+//! replace the embedded redb one for many nodes.
+//!
+//! Commit order (DESIGN.md's write path), which the Repository follows and
+//! the catalog's transactions make atomic:
+//! 1. every shard of a pack is durably on its backend;
+//! 2. [`Catalog::commit_pack`] records the pack and its blobs in one
+//!    transaction;
+//! 3. [`Catalog::commit_version`] checks that every chunk of the file is a
+//!    committed blob, then records the version and its references in one
+//!    transaction.
+//!
+//! A crash between steps leaves unreferenced blobs or unlisted shards
+//! (garbage for `gc`), never a version that points at missing data.
+
+use asheville_core::{ChunkId, PackId};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::path::RepoPath;
+
+mod redb_catalog;
+pub use redb_catalog::RedbCatalog;
+
+/// Where a blob lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobLoc {
+    /// The pack.
+    pub pack: PackId,
+    /// Offset of the blob in the pack.
+    pub offset: u64,
+    /// Length of the blob.
+    pub len: u32,
+}
+
+/// A committed pack: where each of its shards is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackRecord {
+    /// Pack id.
+    pub id: PackId,
+    /// Owning tenant.
+    pub tenant: String,
+    /// Length of the pack (blobs + trailer) before sharding.
+    pub data_len: u64,
+    /// Redundancy policy, as text (`rs(4,2)`).
+    pub redundancy: String,
+    /// Backend name holding shard `i`.
+    pub shards: Vec<String>,
+}
+
+/// One chunk of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef {
+    /// Chunk id.
+    pub id: ChunkId,
+    /// Plaintext length.
+    pub len: u32,
+}
+
+/// File metadata kept with each version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct FileMeta {
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+    /// Unix permission bits (0 if unknown).
+    pub mode: u32,
+}
+
+/// One version of a file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileVersion {
+    /// Path.
+    pub path: String,
+    /// Version number, from 1, increasing per path.
+    pub version: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Metadata.
+    pub meta: FileMeta,
+    /// When the version was committed (ns since the epoch).
+    pub created_ns: i64,
+    /// The chunks, in order.
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// An entry of a listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Entry {
+    /// A file (its latest version).
+    File {
+        /// Path.
+        path: String,
+        /// Size.
+        size: u64,
+        /// Latest version number.
+        version: u64,
+        /// Metadata.
+        meta: FileMeta,
+    },
+    /// A directory (implied by the files below it).
+    Dir {
+        /// Path.
+        path: String,
+    },
+}
+
+/// A page of a listing.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct ListPage {
+    /// Entries in path order.
+    pub entries: Vec<Entry>,
+    /// Opaque cursor for the next page; `None` at the end.
+    pub cursor: Option<String>,
+}
+
+/// The catalog.
+pub trait Catalog: Send + Sync + std::fmt::Debug {
+    /// A repository-wide setting.
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Sets a repository-wide setting.
+    fn set_meta(&self, key: &str, value: &[u8]) -> Result<()>;
+    /// A tenant's key record.
+    fn tenant(&self, name: &str) -> Result<Option<Vec<u8>>>;
+    /// Creates a tenant; `AlreadyExists` if it does.
+    fn create_tenant(&self, name: &str, record: &[u8]) -> Result<()>;
+    /// Where a blob is.
+    fn blob(&self, tenant: &str, id: &ChunkId) -> Result<Option<BlobLoc>>;
+    /// Records a pack and its blobs (blobs already known keep their place).
+    fn commit_pack(&self, pack: &PackRecord, blobs: &[(ChunkId, BlobLoc)]) -> Result<()>;
+    /// A pack.
+    fn pack(&self, id: &PackId) -> Result<Option<PackRecord>>;
+    /// Commits a new version of `path` (its number is assigned here) after
+    /// checking every chunk is a committed blob; adds one reference to each.
+    fn commit_version(
+        &self,
+        tenant: &str,
+        path: &RepoPath,
+        size: u64,
+        meta: FileMeta,
+        chunks: Vec<ChunkRef>,
+    ) -> Result<FileVersion>;
+    /// The latest version of a live file.
+    fn latest(&self, tenant: &str, path: &RepoPath) -> Result<Option<FileVersion>>;
+    /// A given version (live or deleted file).
+    fn version(&self, tenant: &str, path: &RepoPath, version: u64) -> Result<Option<FileVersion>>;
+    /// All versions, oldest first.
+    fn versions(&self, tenant: &str, path: &RepoPath) -> Result<Vec<FileVersion>>;
+    /// Hides the file from listings and `latest`; its versions stay.
+    /// `NotFound` if there is no live file.
+    fn delete(&self, tenant: &str, path: &RepoPath) -> Result<()>;
+    /// Lists below `dir` down to `depth` levels (1 = direct children).
+    fn list(
+        &self,
+        tenant: &str,
+        dir: &RepoPath,
+        depth: usize,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<ListPage>;
+    /// References held on a blob by file versions.
+    fn refcount(&self, tenant: &str, id: &ChunkId) -> Result<u64>;
+}

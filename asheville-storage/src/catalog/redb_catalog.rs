@@ -1,0 +1,399 @@
+//! The embedded catalog: one redb file. Every method is one transaction;
+//! redb commits are durable (fsync) before they return.
+
+use std::path::Path;
+
+use asheville_core::{ChunkId, PackId};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::{BlobLoc, Catalog, ChunkRef, Entry, FileMeta, FileVersion, ListPage, PackRecord};
+use crate::error::{Error, ErrorKind, Result};
+use crate::path::RepoPath;
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const TENANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("tenants");
+/// tenant \0 chunk id -> BlobLoc
+const BLOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blobs");
+/// tenant \0 chunk id -> references
+const REFS: TableDefinition<&[u8], u64> = TableDefinition::new("refs");
+const PACKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("packs");
+/// tenant \0 path -> FileHead
+const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files");
+/// tenant \0 path \0 version(be) -> FileVersion
+const VERSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("versions");
+
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+struct FileHead {
+    latest: u64,
+    deleted: bool,
+}
+
+fn enc<T: serde::Serialize>(v: &T) -> Result<Vec<u8>> {
+    postcard::to_stdvec(v)
+        .map_err(|e| Error::new(ErrorKind::Other, "catalog encode failed").set_source(e))
+}
+
+fn dec<'a, T: serde::Deserialize<'a>>(b: &'a [u8]) -> Result<T> {
+    postcard::from_bytes(b).map_err(|e| {
+        Error::new(ErrorKind::Integrity, "catalog record does not decode").set_source(e)
+    })
+}
+
+fn blob_key(tenant: &str, id: &ChunkId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(tenant.len() + 33);
+    k.extend_from_slice(tenant.as_bytes());
+    k.push(0);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn file_key(tenant: &str, path: &RepoPath) -> String {
+    format!("{tenant}\0{}", path.as_str())
+}
+
+fn version_prefix(tenant: &str, path: &RepoPath) -> Vec<u8> {
+    let mut k = file_key(tenant, path).into_bytes();
+    k.push(0);
+    k
+}
+
+fn version_key(tenant: &str, path: &RepoPath, v: u64) -> Vec<u8> {
+    let mut k = version_prefix(tenant, path);
+    k.extend_from_slice(&v.to_be_bytes());
+    k
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// The redb catalog.
+#[derive(Debug)]
+pub struct RedbCatalog {
+    db: Database,
+}
+
+impl RedbCatalog {
+    /// Opens (or creates) the catalog file.
+    pub fn open(path: &Path) -> Result<Self> {
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => Error::new(
+                ErrorKind::Other,
+                "the catalog is in use by another process or handle",
+            )
+            .with_context("catalog", path.display()),
+            e => Error::from(e).with_context("catalog", path.display()),
+        })?;
+        let w = db.begin_write()?;
+        for t in [META, TENANTS, FILES] {
+            w.open_table(t)?;
+        }
+        for t in [BLOBS, PACKS, VERSIONS] {
+            w.open_table(t)?;
+        }
+        w.open_table(REFS)?;
+        w.commit()?;
+        Ok(RedbCatalog { db })
+    }
+}
+
+impl Catalog for RedbCatalog {
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let r = self.db.begin_read()?;
+        Ok(r.open_table(META)?.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    fn set_meta(&self, key: &str, value: &[u8]) -> Result<()> {
+        let w = self.db.begin_write()?;
+        w.open_table(META)?.insert(key, value)?;
+        w.commit()?;
+        Ok(())
+    }
+
+    fn tenant(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let r = self.db.begin_read()?;
+        Ok(r.open_table(TENANTS)?
+            .get(name)?
+            .map(|v| v.value().to_vec()))
+    }
+
+    fn create_tenant(&self, name: &str, record: &[u8]) -> Result<()> {
+        let w = self.db.begin_write()?;
+        {
+            let mut t = w.open_table(TENANTS)?;
+            if t.get(name)?.is_some() {
+                return Err(Error::new(ErrorKind::AlreadyExists, "tenant exists")
+                    .with_context("tenant", name));
+            }
+            t.insert(name, record)?;
+        }
+        w.commit()?;
+        Ok(())
+    }
+
+    fn blob(&self, tenant: &str, id: &ChunkId) -> Result<Option<BlobLoc>> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(BLOBS)?;
+        let v = t.get(blob_key(tenant, id).as_slice())?;
+        v.map(|v| dec(v.value())).transpose()
+    }
+
+    fn commit_pack(&self, pack: &PackRecord, blobs: &[(ChunkId, BlobLoc)]) -> Result<()> {
+        let w = self.db.begin_write()?;
+        {
+            let mut p = w.open_table(PACKS)?;
+            p.insert(pack.id.as_bytes().as_slice(), enc(pack)?.as_slice())?;
+            let mut b = w.open_table(BLOBS)?;
+            for (id, loc) in blobs {
+                let k = blob_key(&pack.tenant, id);
+                if b.get(k.as_slice())?.is_none() {
+                    b.insert(k.as_slice(), enc(loc)?.as_slice())?;
+                }
+            }
+        }
+        w.commit()?;
+        Ok(())
+    }
+
+    fn pack(&self, id: &PackId) -> Result<Option<PackRecord>> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(PACKS)?;
+        let v = t.get(id.as_bytes().as_slice())?;
+        v.map(|v| dec(v.value())).transpose()
+    }
+
+    fn commit_version(
+        &self,
+        tenant: &str,
+        path: &RepoPath,
+        size: u64,
+        meta: FileMeta,
+        chunks: Vec<ChunkRef>,
+    ) -> Result<FileVersion> {
+        if path.is_root() {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "a file needs a name (the path is the root)",
+            ));
+        }
+        let w = self.db.begin_write()?;
+        let fv;
+        {
+            let blobs = w.open_table(BLOBS)?;
+            let mut refs = w.open_table(REFS)?;
+            for c in &chunks {
+                let k = blob_key(tenant, &c.id);
+                if blobs.get(k.as_slice())?.is_none() {
+                    return Err(Error::new(
+                        ErrorKind::Integrity,
+                        "a chunk of the file is not committed",
+                    )
+                    .with_context("path", path)
+                    .with_context("chunk", c.id));
+                }
+                let n = refs.get(k.as_slice())?.map(|v| v.value()).unwrap_or(0);
+                refs.insert(k.as_slice(), n + 1)?;
+            }
+            let mut files = w.open_table(FILES)?;
+            let fk = file_key(tenant, path);
+            let prev: Option<FileHead> = files
+                .get(fk.as_str())?
+                .map(|v| dec(v.value()))
+                .transpose()?;
+            let version = prev.map(|h| h.latest + 1).unwrap_or(1);
+            fv = FileVersion {
+                path: path.as_str().to_owned(),
+                version,
+                size,
+                meta,
+                created_ns: now_ns(),
+                chunks,
+            };
+            files.insert(
+                fk.as_str(),
+                enc(&FileHead {
+                    latest: version,
+                    deleted: false,
+                })?
+                .as_slice(),
+            )?;
+            let mut versions = w.open_table(VERSIONS)?;
+            versions.insert(
+                version_key(tenant, path, version).as_slice(),
+                enc(&fv)?.as_slice(),
+            )?;
+        }
+        w.commit()?;
+        Ok(fv)
+    }
+
+    fn latest(&self, tenant: &str, path: &RepoPath) -> Result<Option<FileVersion>> {
+        let r = self.db.begin_read()?;
+        let files = r.open_table(FILES)?;
+        let Some(head) = files.get(file_key(tenant, path).as_str())? else {
+            return Ok(None);
+        };
+        let head: FileHead = dec(head.value())?;
+        if head.deleted {
+            return Ok(None);
+        }
+        let versions = r.open_table(VERSIONS)?;
+        let v = versions.get(version_key(tenant, path, head.latest).as_slice())?;
+        v.map(|v| dec(v.value())).transpose()
+    }
+
+    fn version(&self, tenant: &str, path: &RepoPath, version: u64) -> Result<Option<FileVersion>> {
+        let r = self.db.begin_read()?;
+        let versions = r.open_table(VERSIONS)?;
+        let v = versions.get(version_key(tenant, path, version).as_slice())?;
+        v.map(|v| dec(v.value())).transpose()
+    }
+
+    fn versions(&self, tenant: &str, path: &RepoPath) -> Result<Vec<FileVersion>> {
+        let r = self.db.begin_read()?;
+        let versions = r.open_table(VERSIONS)?;
+        let lo = version_key(tenant, path, 0);
+        let hi = version_key(tenant, path, u64::MAX);
+        let mut out = Vec::new();
+        for item in versions.range(lo.as_slice()..=hi.as_slice())? {
+            let (_, v) = item?;
+            out.push(dec(v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn delete(&self, tenant: &str, path: &RepoPath) -> Result<()> {
+        let w = self.db.begin_write()?;
+        {
+            let mut files = w.open_table(FILES)?;
+            let fk = file_key(tenant, path);
+            let head: Option<FileHead> = files
+                .get(fk.as_str())?
+                .map(|v| dec(v.value()))
+                .transpose()?;
+            match head {
+                Some(h) if !h.deleted => {
+                    files.insert(
+                        fk.as_str(),
+                        enc(&FileHead {
+                            latest: h.latest,
+                            deleted: true,
+                        })?
+                        .as_slice(),
+                    )?;
+                }
+                _ => {
+                    return Err(
+                        Error::new(ErrorKind::NotFound, "no such file").with_context("path", path)
+                    );
+                }
+            }
+        }
+        w.commit()?;
+        Ok(())
+    }
+
+    fn list(
+        &self,
+        tenant: &str,
+        dir: &RepoPath,
+        depth: usize,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<ListPage> {
+        let depth = depth.max(1);
+        let base = if dir.is_root() {
+            String::new()
+        } else {
+            format!("{}/", dir.as_str())
+        };
+        let key_prefix = format!("{tenant}\0{base}");
+        let mut start = match cursor {
+            Some(c) => {
+                let rel = decode_cursor(c)?;
+                format!("{key_prefix}{rel}")
+            }
+            None => key_prefix.clone(),
+        };
+        let r = self.db.begin_read()?;
+        let files = r.open_table(FILES)?;
+        let versions = r.open_table(VERSIONS)?;
+        let mut page = ListPage::default();
+        'scan: loop {
+            let mut jumped = false;
+            for item in files.range(start.as_str()..)? {
+                let (k, v) = item?;
+                let key = k.value();
+                let Some(rel) = key.strip_prefix(key_prefix.as_str()) else {
+                    break 'scan;
+                };
+                let head: FileHead = dec(v.value())?;
+                if head.deleted {
+                    continue;
+                }
+                if page.entries.len() == limit {
+                    page.cursor = Some(encode_cursor(rel));
+                    break 'scan;
+                }
+                let segs: Vec<&str> = rel.split('/').collect();
+                if segs.len() > depth {
+                    let d = segs[..depth].join("/");
+                    page.entries.push(Entry::Dir {
+                        path: format!("{base}{d}"),
+                    });
+                    // Skip everything under that directory: '0' follows '/'.
+                    start = format!("{key_prefix}{d}0");
+                    jumped = true;
+                    break;
+                }
+                let path = RepoPath::parse(&format!("{base}{rel}"))?;
+                let fv: FileVersion = dec(versions
+                    .get(version_key(tenant, &path, head.latest).as_slice())?
+                    .ok_or_else(|| {
+                        Error::new(
+                            ErrorKind::Integrity,
+                            "file head points at a missing version",
+                        )
+                    })?
+                    .value())?;
+                page.entries.push(Entry::File {
+                    path: fv.path,
+                    size: fv.size,
+                    version: fv.version,
+                    meta: fv.meta,
+                });
+            }
+            if !jumped {
+                break;
+            }
+        }
+        Ok(page)
+    }
+
+    fn refcount(&self, tenant: &str, id: &ChunkId) -> Result<u64> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(REFS)?;
+        Ok(t.get(blob_key(tenant, id).as_slice())?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    }
+}
+
+fn encode_cursor(rel: &str) -> String {
+    rel.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_cursor(c: &str) -> Result<String> {
+    let bad = || Error::new(ErrorKind::InvalidInput, "invalid list cursor");
+    if !c.len().is_multiple_of(2) {
+        return Err(bad());
+    }
+    let bytes: Option<Vec<u8>> = (0..c.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(c.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes.ok_or_else(bad)?).map_err(|_| bad())
+}

@@ -1,0 +1,114 @@
+//! Repository configuration.
+
+use std::path::PathBuf;
+
+use asheville_core::{ChunkerConfig, Compression, KdfParams, Redundancy};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::BackendKind;
+use crate::error::{Error, ErrorKind, Result};
+
+/// One backend of a repository.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackendConfig {
+    /// Unique name. Shard locations are recorded by name.
+    pub name: String,
+    /// Share of new shards (0 = drained).
+    #[serde(default = "one")]
+    pub weight: f64,
+    /// Failure domain (defaults to the name).
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// Where it stores objects.
+    #[serde(flatten)]
+    pub kind: BackendKind,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// Everything a repository needs to know, stored in its catalog.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RepoConfig {
+    /// The backends.
+    pub backends: Vec<BackendConfig>,
+    /// Redundancy of every pack.
+    pub redundancy: Redundancy,
+    /// Chunk sizes.
+    #[serde(default)]
+    pub chunker: ChunkerConfig,
+    /// Compression tried on every chunk.
+    #[serde(default)]
+    pub compression: Compression,
+    /// Target pack size in bytes (default 16 MiB).
+    #[serde(default = "pack_size")]
+    pub pack_size: usize,
+    /// Packs being encoded and uploaded at once (bounds memory: about
+    /// `packs_in_flight × pack_size × overhead`).
+    #[serde(default = "in_flight")]
+    pub packs_in_flight: usize,
+    /// Read cache size in bytes (decoded packs and chunks).
+    #[serde(default = "cache_bytes")]
+    pub cache_bytes: usize,
+    /// Argon2id parameters for new tenant key files.
+    #[serde(default)]
+    pub kdf: KdfParams,
+}
+
+fn pack_size() -> usize {
+    16 << 20
+}
+fn in_flight() -> usize {
+    4
+}
+fn cache_bytes() -> usize {
+    64 << 20
+}
+
+impl RepoConfig {
+    /// `n` local backends under `dir/backend-<i>`, each its own failure
+    /// domain, with `redundancy` and defaults for the rest.
+    pub fn local(dir: impl Into<PathBuf>, n: usize, redundancy: Redundancy) -> RepoConfig {
+        let dir = dir.into();
+        RepoConfig {
+            backends: (0..n)
+                .map(|i| BackendConfig {
+                    name: format!("backend-{i}"),
+                    weight: 1.0,
+                    domain: None,
+                    kind: BackendKind::Local {
+                        path: dir.join(format!("backend-{i}")),
+                    },
+                })
+                .collect(),
+            redundancy,
+            chunker: ChunkerConfig::default(),
+            compression: Compression::None,
+            pack_size: pack_size(),
+            packs_in_flight: in_flight(),
+            cache_bytes: cache_bytes(),
+            kdf: KdfParams::default(),
+        }
+    }
+
+    /// Checks the configuration as a whole.
+    pub fn validate(&self) -> Result<()> {
+        self.redundancy.validate()?;
+        self.chunker.validate()?;
+        let bad = |m: &'static str| Error::new(ErrorKind::InvalidInput, m);
+        let usable = self.backends.iter().filter(|b| b.weight > 0.0).count();
+        if usable < self.redundancy.total_shards() {
+            return Err(bad("fewer usable backends than shards per pack")
+                .with_context("backends", usable)
+                .with_context("redundancy", self.redundancy));
+        }
+        if !(1 << 16..=1 << 30).contains(&self.pack_size) {
+            return Err(bad("pack_size must be between 64 KiB and 1 GiB"));
+        }
+        if self.packs_in_flight == 0 {
+            return Err(bad("packs_in_flight must be at least 1"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,172 @@
+//! The backend conformance suite: plain `async fn`s taking `&dyn Backend`,
+//! public so that any implementation (ours or an application's) can run
+//! them. Each panics with a clear message on a violation.
+//!
+//! The backend must be empty (or at least hold nothing under `conf/`).
+
+use bytes::Bytes;
+
+use crate::backend::Backend;
+use crate::error::ErrorKind;
+
+/// Runs every check.
+pub async fn run_all(b: &dyn Backend) {
+    put_get_round_trip(b).await;
+    multipart_payload_and_overwrite(b).await;
+    ranges(b).await;
+    missing_objects(b).await;
+    delete_is_idempotent(b).await;
+    list_prefix_and_pagination(b).await;
+}
+
+/// put then get / head return the same bytes and size; empty objects work.
+pub async fn put_get_round_trip(b: &dyn Backend) {
+    let data = Bytes::from(
+        (0..100_000u32)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    b.put("conf/rt/a", vec![data.clone()]).await.expect("put");
+    assert_eq!(
+        b.get("conf/rt/a").await.expect("get"),
+        data,
+        "{}: get differs from put",
+        b.name()
+    );
+    assert_eq!(
+        b.head("conf/rt/a").await.expect("head").size,
+        data.len() as u64
+    );
+    b.put("conf/rt/empty", vec![]).await.expect("put empty");
+    assert_eq!(b.get("conf/rt/empty").await.expect("get empty").len(), 0);
+}
+
+/// A payload in several parts is stored concatenated; a second put replaces.
+pub async fn multipart_payload_and_overwrite(b: &dyn Backend) {
+    let parts = vec![
+        Bytes::from_static(b"head-"),
+        Bytes::from_static(b"body-"),
+        Bytes::from_static(b"tail"),
+    ];
+    b.put("conf/mp/x", parts).await.expect("put parts");
+    assert_eq!(
+        &b.get("conf/mp/x").await.expect("get")[..],
+        b"head-body-tail"
+    );
+    b.put("conf/mp/x", vec![Bytes::from_static(b"new")])
+        .await
+        .expect("overwrite");
+    assert_eq!(&b.get("conf/mp/x").await.expect("get")[..], b"new");
+}
+
+/// Ranges return exactly the bytes asked for; bad ranges are errors.
+pub async fn ranges(b: &dyn Backend) {
+    let data: Vec<u8> = (0..=255u8).cycle().take(10_000).collect();
+    b.put("conf/rg/r", vec![Bytes::from(data.clone())])
+        .await
+        .expect("put");
+    for (lo, hi) in [
+        (0u64, 1u64),
+        (0, 10_000),
+        (5, 6),
+        (4_000, 9_999),
+        (9_999, 10_000),
+    ] {
+        let got = b.get_range("conf/rg/r", lo..hi).await.expect("range");
+        assert_eq!(
+            &got[..],
+            &data[lo as usize..hi as usize],
+            "{}: range {lo}..{hi}",
+            b.name()
+        );
+    }
+    let e = b
+        .get_range("conf/rg/r", 9_000..10_001)
+        .await
+        .expect_err("past the end");
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{}: {e}", b.name());
+    let e = b
+        .get_range("conf/rg/r", 5..5)
+        .await
+        .expect_err("empty range");
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+}
+
+/// Missing objects are `NotFound` for get, get_range and head.
+pub async fn missing_objects(b: &dyn Backend) {
+    assert_eq!(
+        b.get("conf/none/x").await.expect_err("get").kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        b.get_range("conf/none/x", 0..1)
+            .await
+            .expect_err("range")
+            .kind(),
+        ErrorKind::NotFound
+    );
+    let e = b.head("conf/none/x").await.expect_err("head");
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+    assert_eq!(
+        e.context_value("backend"),
+        Some(b.name()),
+        "errors name the backend"
+    );
+}
+
+/// Delete removes; deleting again (or something never there) succeeds.
+pub async fn delete_is_idempotent(b: &dyn Backend) {
+    b.put("conf/del/x", vec![Bytes::from_static(b"1")])
+        .await
+        .expect("put");
+    b.delete("conf/del/x").await.expect("delete");
+    assert_eq!(
+        b.head("conf/del/x").await.expect_err("gone").kind(),
+        ErrorKind::NotFound
+    );
+    b.delete("conf/del/x").await.expect("delete again");
+    b.delete("conf/del/never").await.expect("delete missing");
+}
+
+/// Listing filters by string prefix, is sorted, and pages with `after`.
+pub async fn list_prefix_and_pagination(b: &dyn Backend) {
+    let mut keys: Vec<String> = (0..25).map(|i| format!("conf/ls/p{:02}", i)).collect();
+    keys.push("conf/ls/q/deep".into());
+    keys.push("conf/lsx/other".into());
+    for k in &keys {
+        b.put(k, vec![Bytes::from(k.clone())]).await.expect("put");
+    }
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let page = b
+            .list("conf/ls/", after.as_deref(), 10)
+            .await
+            .expect("list");
+        assert!(page.objects.len() <= 10);
+        pages += 1;
+        seen.extend(page.objects.iter().map(|o| o.key.clone()));
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+        assert!(pages < 10, "pagination does not end");
+    }
+    let mut expect: Vec<String> = keys
+        .iter()
+        .filter(|k| k.starts_with("conf/ls/"))
+        .cloned()
+        .collect();
+    expect.sort();
+    assert_eq!(seen, expect, "{}: listing", b.name());
+    assert_eq!(pages, 3);
+    let p = b.list("conf/ls/p1", None, 100).await.expect("list p1");
+    assert_eq!(
+        p.objects.len(),
+        10,
+        "{}: string prefix, not only whole segments",
+        b.name()
+    );
+    assert_eq!(p.objects[0].size, "conf/ls/p10".len() as u64);
+}

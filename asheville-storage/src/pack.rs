@@ -1,0 +1,160 @@
+//! Packs: sealed blobs appended one after another, closed by an encrypted
+//! trailer that lists them, so the catalog can always be rebuilt from the
+//! backends alone.
+//!
+//! # Pack format (version 1)
+//!
+//! | part | size | |
+//! |---|---|---|
+//! | blobs | Σ blob lengths | sealed blobs (see `asheville_core::seal`) back to back |
+//! | trailer | `c` + 16 | postcard list of `(chunk id, offset, length)`, AES-256-GCM, tag appended |
+//! | nonce | 12 | random, for the trailer |
+//! | tenant | `t` | tenant name, UTF-8 |
+//! | footer | 11 | `t` as u16 LE, `c` as u32 LE, magic `ASHP`, version 1 |
+//!
+//! The trailer key is `BLAKE3-keyed(tenant seal key, "pack trailer v1" || pack id)`
+//! and its associated data is the pack id followed by the tenant name, so a
+//! trailer cannot be moved to another pack or tenant. The nonce is random:
+//! a trailer is sealed once per pack.
+//!
+//! ## Invariants
+//! - Every blob listed lies wholly before the trailer.
+//! - A pack holds blobs of one tenant only (dedup never crosses tenants).
+
+use asheville_core::{ChunkId, PackId, SealKey, aead, keys::fill_random};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind, Result};
+
+const MAGIC: &[u8; 4] = b"ASHP";
+const VERSION: u8 = 1;
+const FOOTER: usize = 11;
+
+/// One blob listed in a trailer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrailerEntry {
+    /// Chunk id.
+    pub id: ChunkId,
+    /// Offset of the blob in the pack.
+    pub offset: u64,
+    /// Blob length.
+    pub len: u32,
+}
+
+fn trailer_key(seal: &SealKey, pack: &PackId) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_keyed(seal.as_bytes());
+    h.update(b"pack trailer v1");
+    h.update(pack.as_bytes());
+    *h.finalize().as_bytes()
+}
+
+fn aad(pack: &PackId, tenant: &str) -> Vec<u8> {
+    let mut a = pack.as_bytes().to_vec();
+    a.extend_from_slice(tenant.as_bytes());
+    a
+}
+
+/// Appends the trailer for `entries` to `pack` (which holds the blobs).
+pub fn finish(
+    pack: &mut Vec<u8>,
+    id: &PackId,
+    tenant: &str,
+    seal: &SealKey,
+    entries: &[TrailerEntry],
+) -> Result<()> {
+    let mut body = postcard::to_stdvec(entries)
+        .map_err(|e| Error::new(ErrorKind::Other, "cannot encode pack trailer").set_source(e))?;
+    let mut nonce = [0u8; 12];
+    fill_random(&mut nonce)?;
+    let tag = aead::fastest().seal_in_place(
+        &trailer_key(seal, id),
+        &nonce,
+        &aad(id, tenant),
+        &mut body,
+    )?;
+    let c = body.len() as u32;
+    let t = u16::try_from(tenant.len())
+        .map_err(|_| Error::new(ErrorKind::InvalidInput, "tenant name too long"))?;
+    pack.extend_from_slice(&body);
+    pack.extend_from_slice(&tag);
+    pack.extend_from_slice(&nonce);
+    pack.extend_from_slice(tenant.as_bytes());
+    pack.extend_from_slice(&t.to_le_bytes());
+    pack.extend_from_slice(&c.to_le_bytes());
+    pack.extend_from_slice(MAGIC);
+    pack.push(VERSION);
+    Ok(())
+}
+
+/// The tenant a pack belongs to (readable without keys).
+pub fn tenant_of(pack: &[u8]) -> Result<String> {
+    let (t, _, _) = footer(pack)?;
+    let end = pack.len() - FOOTER;
+    String::from_utf8(pack[end - t..end].to_vec())
+        .map_err(|_| Error::new(ErrorKind::Integrity, "pack tenant name is not UTF-8"))
+}
+
+fn footer(pack: &[u8]) -> Result<(usize, usize, usize)> {
+    let bad = || {
+        Error::new(
+            ErrorKind::Integrity,
+            "not a pack or truncated pack (bad footer)",
+        )
+    };
+    if pack.len() < FOOTER {
+        return Err(bad());
+    }
+    let f = &pack[pack.len() - FOOTER..];
+    if &f[6..10] != MAGIC {
+        return Err(bad());
+    }
+    if f[10] != VERSION {
+        return Err(Error::new(ErrorKind::Unsupported, "unknown pack version")
+            .with_context("version", f[10]));
+    }
+    let t = u16::from_le_bytes([f[0], f[1]]) as usize;
+    let c = u32::from_le_bytes([f[2], f[3], f[4], f[5]]) as usize;
+    if pack.len() < FOOTER + t + 12 + 16 + c {
+        return Err(bad());
+    }
+    let blobs_end = pack.len() - FOOTER - t - 12 - 16 - c;
+    Ok((t, c, blobs_end))
+}
+
+/// Reads and authenticates the trailer of `pack`.
+pub fn read_trailer(
+    pack: &[u8],
+    id: &PackId,
+    tenant: &str,
+    seal: &SealKey,
+) -> Result<Vec<TrailerEntry>> {
+    let (t, c, blobs_end) = footer(pack)?;
+    let nonce_at = pack.len() - FOOTER - t - 12;
+    let mut nonce = [0u8; 12];
+    nonce.copy_from_slice(&pack[nonce_at..nonce_at + 12]);
+    let mut tag = [0u8; 16];
+    tag.copy_from_slice(&pack[blobs_end + c..blobs_end + c + 16]);
+    let mut body = pack[blobs_end..blobs_end + c].to_vec();
+    aead::fastest()
+        .open_in_place(
+            &trailer_key(seal, id),
+            &nonce,
+            &aad(id, tenant),
+            &mut body,
+            &tag,
+        )
+        .map_err(|e| Error::from(e).with_context("pack", id))?;
+    let entries: Vec<TrailerEntry> = postcard::from_bytes(&body).map_err(|e| {
+        Error::new(ErrorKind::Integrity, "pack trailer does not parse").set_source(e)
+    })?;
+    if entries
+        .iter()
+        .any(|e| e.offset + u64::from(e.len) > blobs_end as u64)
+    {
+        return Err(Error::new(
+            ErrorKind::Integrity,
+            "pack trailer lists a blob past the blobs",
+        ));
+    }
+    Ok(entries)
+}

@@ -1,0 +1,810 @@
+//! The Repository: what applications embed. Follow `Tenant::put` down
+//! through the chunker, the sealer, the pack, the codec, placement and
+//! the backends; `Tenant::get` comes back up the same way.
+
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+
+use asheville_core::{
+    Codec, KeyFile, MasterKey, PackId, Placement, Sealer, Slot, TenantKeys, aead,
+    redundancy::SHARD_HEADER_LEN,
+};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::backend::{DynBackend, ObjectStoreBackend};
+use crate::cache::{CacheKey, CacheStats, ReadCache};
+use crate::catalog::{
+    BlobLoc, Catalog, ChunkRef, FileMeta, FileVersion, ListPage, PackRecord, RedbCatalog,
+};
+use crate::chunking::AsyncChunker;
+use crate::config::RepoConfig;
+use crate::error::{Error, ErrorKind, Result};
+use crate::pack::{self, TrailerEntry};
+use crate::path::RepoPath;
+
+/// How a tenant's master key is given.
+pub enum TenantKey {
+    /// A passphrase unwrapping the key file stored in the repository.
+    Passphrase(String),
+    /// The master key itself (the application keeps it).
+    Raw(MasterKey),
+}
+
+#[derive(Serialize, Deserialize)]
+enum TenantRecord {
+    Wrapped(Vec<u8>),
+    Raw { check: [u8; 32] },
+}
+
+fn key_check(keys: &TenantKeys) -> [u8; 32] {
+    *blake3::keyed_hash(keys.id_key().as_bytes(), b"asheville key check v1").as_bytes()
+}
+
+fn validate_tenant(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::InvalidInput,
+            "tenant names are 1-64 characters of [A-Za-z0-9._-], not starting with '.'",
+        )
+        .with_context("tenant", name.escape_debug()))
+    }
+}
+
+/// Object key of shard `i` of a pack.
+pub fn shard_key(pack: &PackId, i: usize) -> String {
+    let h = pack.to_hex();
+    format!("packs/{}/{h}.{i}", &h[..2])
+}
+
+struct Inner {
+    config: RepoConfig,
+    backends: Vec<DynBackend>,
+    by_name: HashMap<String, usize>,
+    placement: Placement,
+    codec: Arc<Codec>,
+    catalog: Arc<dyn Catalog>,
+    cache: ReadCache,
+}
+
+/// A repository: backends, a catalog, and tenants inside.
+#[derive(Clone)]
+pub struct Repository {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("backends", &self.inner.backends)
+            .field("redundancy", &self.inner.config.redundancy)
+            .finish()
+    }
+}
+
+const CONFIG_KEY: &str = "config";
+
+impl Repository {
+    /// Creates a repository: a new catalog file at `catalog` and the
+    /// configured backends. Fails if the catalog already holds a repository.
+    pub async fn create(catalog: &Path, config: RepoConfig) -> Result<Repository> {
+        config.validate()?;
+        if let Some(parent) = catalog.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                Error::io("cannot create the catalog's directory", e)
+                    .with_context("dir", parent.display())
+            })?;
+        }
+        let cat = RedbCatalog::open(catalog)?;
+        if cat.meta(CONFIG_KEY)?.is_some() {
+            return Err(
+                Error::new(ErrorKind::AlreadyExists, "a repository already exists here")
+                    .with_context("catalog", catalog.display()),
+            );
+        }
+        let json = serde_json::to_vec_pretty(&config)
+            .map_err(|e| Error::new(ErrorKind::Other, "cannot encode config").set_source(e))?;
+        let backends = open_backends(&config)?;
+        for b in &backends {
+            b.put("config.json", vec![Bytes::from(json.clone())])
+                .await?;
+        }
+        cat.set_meta(CONFIG_KEY, &json)?;
+        Self::with_parts(config, backends, Arc::new(cat))
+    }
+
+    /// Opens the repository whose catalog is at `catalog`.
+    pub async fn open(catalog: &Path) -> Result<Repository> {
+        if !catalog.exists() {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                "no repository here (catalog file missing)",
+            )
+            .with_context("catalog", catalog.display()));
+        }
+        let cat = RedbCatalog::open(catalog)?;
+        let json = cat.meta(CONFIG_KEY)?.ok_or_else(|| {
+            Error::new(ErrorKind::NotFound, "catalog holds no repository")
+                .with_context("catalog", catalog.display())
+        })?;
+        let config: RepoConfig = serde_json::from_slice(&json).map_err(|e| {
+            Error::new(ErrorKind::Integrity, "stored config does not parse").set_source(e)
+        })?;
+        let backends = open_backends(&config)?;
+        Self::with_parts(config, backends, Arc::new(cat))
+    }
+
+    /// Assembles a repository from parts: for tests that wrap backends
+    /// (fault injection) and for applications with their own catalog.
+    /// `backends[i]` must be named `config.backends[i].name`.
+    pub fn with_parts(
+        config: RepoConfig,
+        backends: Vec<DynBackend>,
+        catalog: Arc<dyn Catalog>,
+    ) -> Result<Repository> {
+        config.validate()?;
+        if backends.len() != config.backends.len()
+            || backends
+                .iter()
+                .zip(&config.backends)
+                .any(|(b, c)| b.name() != c.name)
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "backends do not match the configuration",
+            ));
+        }
+        let slots = config
+            .backends
+            .iter()
+            .map(|b| Slot {
+                name: b.name.clone(),
+                weight: b.weight,
+                domain: b.domain.clone().unwrap_or_else(|| b.name.clone()),
+            })
+            .collect();
+        let placement = Placement::new(slots)?;
+        let codec = Arc::new(Codec::new(config.redundancy)?);
+        let by_name = config
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.name.clone(), i))
+            .collect();
+        let cache = ReadCache::new(config.cache_bytes);
+        Ok(Repository {
+            inner: Arc::new(Inner {
+                config,
+                backends,
+                by_name,
+                placement,
+                codec,
+                catalog,
+                cache,
+            }),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RepoConfig {
+        &self.inner.config
+    }
+
+    /// The backends, in configuration order.
+    pub fn backends(&self) -> &[DynBackend] {
+        &self.inner.backends
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &Arc<dyn Catalog> {
+        &self.inner.catalog
+    }
+
+    /// Read cache counters.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.inner.cache.stats()
+    }
+
+    /// Creates a tenant with its own keys and namespace. With a passphrase,
+    /// a new random master key is made and stored wrapped (Argon2id) in the
+    /// catalog and, as `keys/<tenant>`, on every backend.
+    pub async fn create_tenant(&self, name: &str, key: TenantKey) -> Result<Tenant> {
+        validate_tenant(name)?;
+        if self.inner.catalog.tenant(name)?.is_some() {
+            return Err(
+                Error::new(ErrorKind::AlreadyExists, "tenant exists").with_context("tenant", name)
+            );
+        }
+        let (master, record) = match key {
+            TenantKey::Passphrase(p) => {
+                let master = MasterKey::generate()?;
+                let kdf = self.inner.config.kdf;
+                let pw = p.clone();
+                let m2 = master.clone();
+                let kf =
+                    tokio::task::spawn_blocking(move || KeyFile::wrap(&m2, pw.as_bytes(), kdf))
+                        .await
+                        .map_err(join_err)??;
+                let bytes = kf.to_bytes().to_vec();
+                for b in &self.inner.backends {
+                    b.put(&format!("keys/{name}"), vec![Bytes::from(bytes.clone())])
+                        .await?;
+                }
+                (master, TenantRecord::Wrapped(bytes))
+            }
+            TenantKey::Raw(m) => {
+                let check = key_check(&TenantKeys::new(&m));
+                (m, TenantRecord::Raw { check })
+            }
+        };
+        let rec = postcard::to_stdvec(&record)
+            .map_err(|e| Error::new(ErrorKind::Other, "encode").set_source(e))?;
+        self.inner.catalog.create_tenant(name, &rec)?;
+        self.make_tenant(name, &master)
+    }
+
+    /// Opens an existing tenant. `WrongKey` if the key does not match.
+    pub async fn tenant(&self, name: &str, key: TenantKey) -> Result<Tenant> {
+        validate_tenant(name)?;
+        let rec = self.inner.catalog.tenant(name)?.ok_or_else(|| {
+            Error::new(ErrorKind::NotFound, "no such tenant").with_context("tenant", name)
+        })?;
+        let rec: TenantRecord = postcard::from_bytes(&rec)
+            .map_err(|e| Error::new(ErrorKind::Integrity, "tenant record").set_source(e))?;
+        let master = match (rec, key) {
+            (TenantRecord::Wrapped(bytes), TenantKey::Passphrase(p)) => {
+                let kf = KeyFile::parse(&bytes)?;
+                tokio::task::spawn_blocking(move || kf.unwrap_key(p.as_bytes()))
+                    .await
+                    .map_err(join_err)??
+            }
+            (TenantRecord::Raw { check }, TenantKey::Raw(m)) => {
+                if key_check(&TenantKeys::new(&m)) != check {
+                    return Err(Error::new(
+                        ErrorKind::WrongKey,
+                        "wrong master key for this tenant",
+                    )
+                    .with_context("tenant", name));
+                }
+                m
+            }
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::WrongKey,
+                    "this tenant uses the other kind of key (passphrase vs raw)",
+                )
+                .with_context("tenant", name));
+            }
+        };
+        self.make_tenant(name, &master)
+    }
+
+    fn make_tenant(&self, name: &str, master: &MasterKey) -> Result<Tenant> {
+        let keys = TenantKeys::new(master);
+        let sealer = Sealer::new(
+            keys.seal_key().clone(),
+            self.inner.config.compression,
+            aead::fastest(),
+        )?;
+        Ok(Tenant {
+            repo: self.clone(),
+            name: name.to_owned(),
+            keys,
+            sealer,
+        })
+    }
+}
+
+fn open_backends(config: &RepoConfig) -> Result<Vec<DynBackend>> {
+    config
+        .backends
+        .iter()
+        .map(|b| Ok(Arc::new(ObjectStoreBackend::open(&b.name, &b.kind)?) as DynBackend))
+        .collect()
+}
+
+fn join_err(e: tokio::task::JoinError) -> Error {
+    Error::new(ErrorKind::Other, "a background task failed").set_source(e)
+}
+
+/// One tenant's view of a repository: its keys and its namespace.
+#[derive(Clone)]
+pub struct Tenant {
+    repo: Repository,
+    name: String,
+    keys: TenantKeys,
+    sealer: Sealer,
+}
+
+impl std::fmt::Debug for Tenant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tenant")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The open pack of a write and the uploads in flight.
+struct PackWriter<'a> {
+    t: &'a Tenant,
+    buf: Vec<u8>,
+    entries: Vec<TrailerEntry>,
+    pending: HashSet<asheville_core::ChunkId>,
+    uploads: JoinSet<Result<()>>,
+    permits: Arc<Semaphore>,
+}
+
+impl<'a> PackWriter<'a> {
+    fn new(t: &'a Tenant) -> Self {
+        let cfg = &t.repo.inner.config;
+        PackWriter {
+            t,
+            buf: Vec::with_capacity(cfg.pack_size + cfg.chunker.max_size as usize),
+            entries: Vec::new(),
+            pending: HashSet::new(),
+            uploads: JoinSet::new(),
+            permits: Arc::new(Semaphore::new(cfg.packs_in_flight)),
+        }
+    }
+
+    async fn add(&mut self, id: asheville_core::ChunkId, chunk: &[u8]) -> Result<()> {
+        if !self.pending.insert(id) {
+            return Ok(());
+        }
+        let offset = self.buf.len() as u64;
+        self.t.sealer.seal_into(&id, chunk, &mut self.buf)?;
+        let len = (self.buf.len() as u64 - offset) as u32;
+        self.entries.push(TrailerEntry { id, offset, len });
+        if self.buf.len() >= self.t.repo.inner.config.pack_size {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        if self.entries.is_empty() {
+            return Ok(());
+        }
+        // Surface a failed upload early instead of after the whole input.
+        while let Some(r) = self.uploads.try_join_next() {
+            r.map_err(join_err)??;
+        }
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::new(ErrorKind::Other, "semaphore closed"))?;
+        let cap = self.buf.capacity();
+        let mut data = std::mem::replace(&mut self.buf, Vec::with_capacity(cap));
+        let entries = std::mem::take(&mut self.entries);
+        let id = PackId::random()?;
+        pack::finish(
+            &mut data,
+            &id,
+            &self.t.name,
+            self.t.keys.seal_key(),
+            &entries,
+        )?;
+        let repo = self.t.repo.clone();
+        let tenant = self.t.name.clone();
+        self.uploads.spawn(async move {
+            let r = upload_pack(&repo, &tenant, id, data, entries).await;
+            drop(permit);
+            r
+        });
+        Ok(())
+    }
+
+    async fn finish(mut self) -> Result<()> {
+        let r = self.flush().await;
+        let mut first_err = r.err();
+        while let Some(r) = self.uploads.join_next().await {
+            if let Err(e) = r.map_err(join_err).and_then(|r| r) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// Encodes a finished pack, writes every shard to its backend, then
+/// records the pack and its blobs in the catalog (in that order).
+async fn upload_pack(
+    repo: &Repository,
+    tenant: &str,
+    id: PackId,
+    data: Vec<u8>,
+    entries: Vec<TrailerEntry>,
+) -> Result<()> {
+    let inner = &repo.inner;
+    let data_len = data.len() as u64;
+    let codec = inner.codec.clone();
+    let enc = tokio::task::spawn_blocking(move || codec.encode_pack(data))
+        .await
+        .map_err(join_err)??;
+    let n = enc.shard_count();
+    let targets = inner.placement.place(id.as_bytes(), n)?;
+    let headers: Vec<Bytes> = (0..n)
+        .map(|i| Bytes::copy_from_slice(enc.header(i)))
+        .collect();
+    let shard_len = enc.shard_object_len() - SHARD_HEADER_LEN;
+    let k = inner.config.redundancy.data_shards();
+    let (data, parity) = enc.into_buffers();
+    let data = Bytes::from(data);
+    let mut parity: Vec<Bytes> = parity.into_iter().map(Bytes::from).collect();
+    let payloads: Vec<Bytes> = (0..n)
+        .map(|i| {
+            if parity.is_empty() {
+                data.clone()
+            } else if i < k {
+                data.slice(i * shard_len..(i + 1) * shard_len)
+            } else {
+                std::mem::take(&mut parity[i - k])
+            }
+        })
+        .collect();
+    futures::future::try_join_all(targets.iter().zip(headers).zip(payloads).enumerate().map(
+        |(i, ((&b, h), p))| {
+            let key = shard_key(&id, i);
+            let backend = inner.backends[b].clone();
+            async move { backend.put(&key, vec![h, p]).await }
+        },
+    ))
+    .await?;
+    let record = PackRecord {
+        id,
+        tenant: tenant.to_owned(),
+        data_len,
+        redundancy: inner.config.redundancy.to_string(),
+        shards: targets
+            .iter()
+            .map(|&b| inner.config.backends[b].name.clone())
+            .collect(),
+    };
+    let blobs: Vec<_> = entries
+        .iter()
+        .map(|e| {
+            (
+                e.id,
+                BlobLoc {
+                    pack: id,
+                    offset: e.offset,
+                    len: e.len,
+                },
+            )
+        })
+        .collect();
+    let catalog = inner.catalog.clone();
+    tokio::task::spawn_blocking(move || catalog.commit_pack(&record, &blobs))
+        .await
+        .map_err(join_err)?
+}
+
+/// Metadata of a local file.
+pub fn local_meta(m: &std::fs::Metadata) -> FileMeta {
+    let mtime_ns = m
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0);
+    #[cfg(unix)]
+    let mode = std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777;
+    #[cfg(not(unix))]
+    let mode = 0;
+    FileMeta { mtime_ns, mode }
+}
+
+impl Tenant {
+    /// The tenant's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Stores `reader`'s bytes as a new version of `path`. The version is
+    /// visible only once every chunk is durably stored and committed;
+    /// chunks already stored (by any earlier write of this tenant) are not
+    /// stored again.
+    pub async fn put<R: AsyncRead + Unpin>(
+        &self,
+        path: &str,
+        reader: R,
+        meta: FileMeta,
+    ) -> Result<FileVersion> {
+        let path = RepoPath::parse(path)?;
+        if path.is_root() {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "a file needs a name (the path is the root)",
+            ));
+        }
+        let inner = &self.repo.inner;
+        let mut chunker = AsyncChunker::new(inner.config.chunker, reader)?;
+        let mut writer = PackWriter::new(self);
+        let mut refs = Vec::new();
+        let mut size = 0u64;
+        let result: Result<()> = async {
+            while let Some(chunk) = chunker.next_chunk().await? {
+                let id = self.keys.chunk_id(&chunk);
+                refs.push(ChunkRef {
+                    id,
+                    len: chunk.len() as u32,
+                });
+                size += chunk.len() as u64;
+                if !writer.pending.contains(&id) && inner.catalog.blob(&self.name, &id)?.is_none() {
+                    writer.add(id, &chunk).await?;
+                }
+            }
+            Ok(())
+        }
+        .await;
+        let finished = writer.finish().await;
+        result?;
+        finished?;
+        let catalog = inner.catalog.clone();
+        let tenant = self.name.clone();
+        tokio::task::spawn_blocking(move || {
+            catalog.commit_version(&tenant, &path, size, meta, refs)
+        })
+        .await
+        .map_err(join_err)?
+    }
+
+    /// Stores the local file at `local` (content, mtime, permissions).
+    pub async fn put_path(&self, path: &str, local: &Path) -> Result<FileVersion> {
+        let f = tokio::fs::File::open(local).await.map_err(|e| {
+            Error::io("cannot open local file", e).with_context("file", local.display())
+        })?;
+        let m = f
+            .metadata()
+            .await
+            .map_err(|e| Error::io("cannot stat local file", e))?;
+        self.put(
+            path,
+            tokio::io::BufReader::with_capacity(1 << 20, f),
+            local_meta(&m),
+        )
+        .await
+    }
+
+    /// The latest version's metadata. `NotFound` if there is no live file.
+    pub fn stat(&self, path: &str) -> Result<FileVersion> {
+        let p = RepoPath::parse(path)?;
+        self.repo
+            .inner
+            .catalog
+            .latest(&self.name, &p)?
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, "no such file").with_context("path", &p))
+    }
+
+    /// All versions of `path`, oldest first (also of a deleted file).
+    pub fn versions(&self, path: &str) -> Result<Vec<FileVersion>> {
+        let p = RepoPath::parse(path)?;
+        self.repo.inner.catalog.versions(&self.name, &p)
+    }
+
+    /// Lists `dir` down to `depth` levels, `limit` entries per page, from
+    /// `cursor` (from the previous page).
+    pub fn list(
+        &self,
+        dir: &str,
+        depth: usize,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<ListPage> {
+        let p = RepoPath::parse(dir)?;
+        self.repo
+            .inner
+            .catalog
+            .list(&self.name, &p, depth, cursor, limit.clamp(1, 10_000))
+    }
+
+    /// Deletes `path`: it disappears from listings and `stat`; its versions
+    /// stay readable through [`Tenant::versions`] until retention removes them.
+    pub fn delete(&self, path: &str) -> Result<()> {
+        let p = RepoPath::parse(path)?;
+        self.repo.inner.catalog.delete(&self.name, &p)
+    }
+
+    /// Writes the latest version of `path` to `out`.
+    pub async fn get<W: AsyncWrite + Unpin>(&self, path: &str, out: &mut W) -> Result<FileVersion> {
+        let fv = self.stat(path)?;
+        self.write_version(&fv, out).await?;
+        Ok(fv)
+    }
+
+    /// Writes version `version` of `path` to `out`.
+    pub async fn get_version<W: AsyncWrite + Unpin>(
+        &self,
+        path: &str,
+        version: u64,
+        out: &mut W,
+    ) -> Result<FileVersion> {
+        let p = RepoPath::parse(path)?;
+        let fv = self
+            .repo
+            .inner
+            .catalog
+            .version(&self.name, &p, version)?
+            .ok_or_else(|| {
+                Error::new(ErrorKind::NotFound, "no such version")
+                    .with_context("path", &p)
+                    .with_context("version", version)
+            })?;
+        self.write_version(&fv, out).await?;
+        Ok(fv)
+    }
+
+    /// Bytes `range` of the latest version of `path`.
+    pub async fn get_range(&self, path: &str, range: Range<u64>) -> Result<Vec<u8>> {
+        let fv = self.stat(path)?;
+        if range.start > range.end || range.end > fv.size {
+            return Err(
+                Error::new(ErrorKind::InvalidInput, "range outside the file")
+                    .with_context("range", format!("{range:?}"))
+                    .with_context("size", fv.size),
+            );
+        }
+        let mut out = Vec::with_capacity((range.end - range.start) as usize);
+        let mut pos = 0u64;
+        for c in &fv.chunks {
+            let (lo, hi) = (pos, pos + u64::from(c.len));
+            pos = hi;
+            if hi <= range.start || lo >= range.end {
+                continue;
+            }
+            let data = self.read_chunk(c).await?;
+            let a = range.start.max(lo) - lo;
+            let b = range.end.min(hi) - lo;
+            out.extend_from_slice(&data[a as usize..b as usize]);
+        }
+        Ok(out)
+    }
+
+    async fn write_version<W: AsyncWrite + Unpin>(
+        &self,
+        fv: &FileVersion,
+        out: &mut W,
+    ) -> Result<()> {
+        let mut stream = futures::stream::iter(fv.chunks.iter())
+            .map(|c| self.read_chunk(c))
+            .buffered(4);
+        while let Some(data) = stream.try_next().await? {
+            out.write_all(&data)
+                .await
+                .map_err(|e| Error::io("writing the output failed", e))?;
+        }
+        out.flush()
+            .await
+            .map_err(|e| Error::io("writing the output failed", e))?;
+        Ok(())
+    }
+
+    /// Reads one chunk: straight from the data shards when all is well,
+    /// otherwise from any `k` good shards of its pack. Never returns bytes
+    /// that did not authenticate.
+    async fn read_chunk(&self, c: &ChunkRef) -> Result<Arc<Vec<u8>>> {
+        let inner = &self.repo.inner;
+        let ck = CacheKey::Chunk(self.name.clone(), c.id);
+        if let Some(v) = inner.cache.get(&ck) {
+            return Ok(v);
+        }
+        let loc = inner.catalog.blob(&self.name, &c.id)?.ok_or_else(|| {
+            Error::new(ErrorKind::Integrity, "chunk missing from the catalog")
+                .with_context("chunk", c.id)
+        })?;
+        let pack = inner.catalog.pack(&loc.pack)?.ok_or_else(|| {
+            Error::new(ErrorKind::Integrity, "pack missing from the catalog")
+                .with_context("pack", loc.pack)
+        })?;
+        let fast = match self.read_blob_direct(&pack, &loc).await {
+            Ok(blob) => self.sealer.open(&c.id, &blob).map_err(Error::from),
+            Err(e) => Err(e),
+        };
+        let plain = match fast {
+            Ok(p) => p,
+            Err(_) => {
+                let data = self.read_pack(&pack).await?;
+                let blob = data
+                    .get(loc.offset as usize..(loc.offset + u64::from(loc.len)) as usize)
+                    .ok_or_else(|| {
+                        Error::new(ErrorKind::Integrity, "blob lies outside its pack")
+                            .with_context("pack", pack.id)
+                    })?;
+                self.sealer
+                    .open(&c.id, blob)
+                    .map_err(|e| Error::from(e).with_context("pack", pack.id))?
+            }
+        };
+        if plain.len() != c.len as usize {
+            return Err(Error::new(
+                ErrorKind::Integrity,
+                "chunk length differs from the catalog",
+            )
+            .with_context("chunk", c.id));
+        }
+        let v = Arc::new(plain);
+        inner.cache.put(ck, v.clone());
+        Ok(v)
+    }
+
+    /// The blob's bytes read straight from the data shard(s) holding them.
+    async fn read_blob_direct(&self, pack: &PackRecord, loc: &BlobLoc) -> Result<Vec<u8>> {
+        let inner = &self.repo.inner;
+        if let Some(data) = inner.cache.peek(&CacheKey::Pack(pack.id)) {
+            let r = loc.offset as usize..(loc.offset + u64::from(loc.len)) as usize;
+            return data
+                .get(r)
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| Error::new(ErrorKind::Integrity, "blob outside pack"));
+        }
+        let parts = inner
+            .codec
+            .locate(pack.data_len, loc.offset..loc.offset + u64::from(loc.len))?;
+        let mut out = Vec::with_capacity(loc.len as usize);
+        for part in parts {
+            let b = self.backend_of(pack, part.shard)?;
+            let lo = (SHARD_HEADER_LEN + part.range.start) as u64;
+            let hi = (SHARD_HEADER_LEN + part.range.end) as u64;
+            out.extend_from_slice(
+                &b.get_range(&shard_key(&pack.id, part.shard), lo..hi)
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    fn backend_of(&self, pack: &PackRecord, shard: usize) -> Result<&DynBackend> {
+        let inner = &self.repo.inner;
+        let name = pack
+            .shards
+            .get(shard)
+            .ok_or_else(|| Error::new(ErrorKind::Integrity, "pack record lacks a shard"))?;
+        let i = inner.by_name.get(name).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Insufficient,
+                "shard is on a backend that is not configured",
+            )
+            .with_context("backend", name)
+        })?;
+        Ok(&inner.backends[*i])
+    }
+
+    /// The whole pack, decoded from whichever shards verify (cached).
+    async fn read_pack(&self, pack: &PackRecord) -> Result<Arc<Vec<u8>>> {
+        let inner = &self.repo.inner;
+        let key = CacheKey::Pack(pack.id);
+        if let Some(v) = inner.cache.peek(&key) {
+            return Ok(v);
+        }
+        let shards: Vec<Option<Bytes>> =
+            futures::future::join_all((0..pack.shards.len()).map(|i| async move {
+                let b = self.backend_of(pack, i).ok()?;
+                b.get(&shard_key(&pack.id, i)).await.ok()
+            }))
+            .await;
+        let slots: Vec<Option<&[u8]>> = shards.iter().map(|s| s.as_deref()).collect();
+        let decoded = inner
+            .codec
+            .decode(&slots)
+            .map_err(|e| Error::from(e).with_context("pack", pack.id))?;
+        let v = Arc::new(decoded.data);
+        inner.cache.put(key, v.clone());
+        Ok(v)
+    }
+}

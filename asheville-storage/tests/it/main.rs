@@ -1,0 +1,6 @@
+//! Integration tests of asheville-storage (one binary, several modules).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on failure
+
+mod conformance;
+mod repo;
+mod s3server;

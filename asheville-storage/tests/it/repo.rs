@@ -1,0 +1,437 @@
+use std::sync::Arc;
+
+use asheville_core::{KdfParams, MasterKey};
+use asheville_storage::{
+    BackendConfig, BackendKind, DynBackend, Entry, ErrorKind, Fault, FaultyBackend, FileMeta,
+    ObjectStoreBackend, RedbCatalog, RepoConfig, Repository, Tenant, TenantKey,
+};
+
+fn random(n: usize, seed: u64) -> Vec<u8> {
+    let mut out = vec![0u8; n];
+    blake3::Hasher::new()
+        .update(&seed.to_le_bytes())
+        .finalize_xof()
+        .fill(&mut out);
+    out
+}
+
+fn small_config(dir: &std::path::Path, n: usize, redundancy: &str) -> RepoConfig {
+    let mut c = RepoConfig::local(dir, n, redundancy.parse().unwrap());
+    c.kdf = KdfParams::INSECURE_FAST_FOR_TESTS;
+    c.chunker = asheville_core::ChunkerConfig::new(16 << 10, 64 << 10, 256 << 10).unwrap();
+    c.pack_size = 1 << 20;
+    c.cache_bytes = 0;
+    c
+}
+
+async fn get(t: &Tenant, path: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    t.get(path, &mut out).await.unwrap();
+    out
+}
+
+/// Bytes stored across all local backends (shard objects only).
+fn stored_bytes(dir: &std::path::Path) -> u64 {
+    fn walk(p: &std::path::Path) -> u64 {
+        std::fs::read_dir(p)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| {
+                        let m = e.metadata().unwrap();
+                        if m.is_dir() { walk(&e.path()) } else { m.len() }
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("backend-"))
+        .map(|e| walk(&e.path().join("packs")))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_versions_ranges_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = dir.path().join("catalog.redb");
+    let repo = Repository::create(&cat, small_config(dir.path(), 3, "rs(2,1)"))
+        .await
+        .unwrap();
+    let t = repo
+        .create_tenant("acme", TenantKey::Passphrase("pw".into()))
+        .await
+        .unwrap();
+    let v1 = random(3_000_000, 1);
+    let v2 = random(1_000_000, 2);
+    let meta = FileMeta {
+        mtime_ns: 1_700_000_000_123_456_789,
+        mode: 0o640,
+    };
+    assert_eq!(
+        t.put("a/b/file.bin", &v1[..], meta).await.unwrap().version,
+        1
+    );
+    assert_eq!(
+        t.put("a/b/file.bin", &v2[..], meta).await.unwrap().version,
+        2
+    );
+    t.put("empty", &b""[..], FileMeta::default()).await.unwrap();
+    assert_eq!(get(&t, "a/b/file.bin").await, v2);
+    assert_eq!(get(&t, "/empty").await, b"");
+    let mut old = Vec::new();
+    t.get_version("a/b/file.bin", 1, &mut old).await.unwrap();
+    assert_eq!(old, v1);
+    let st = t.stat("a/b/file.bin").unwrap();
+    assert_eq!((st.size, st.meta), (v2.len() as u64, meta));
+    assert_eq!(t.versions("a/b/file.bin").unwrap().len(), 2);
+    assert_eq!(
+        t.get_range("a/b/file.bin", 70_000..500_001).await.unwrap(),
+        &v2[70_000..500_001]
+    );
+    assert_eq!(t.get_range("a/b/file.bin", 5..5).await.unwrap(), b"");
+    assert_eq!(
+        t.get_range("a/b/file.bin", 0..2_000_000)
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::InvalidInput
+    );
+    drop((t, repo));
+
+    // Reopen from the catalog: same data, keys checked.
+    let repo = Repository::open(&cat).await.unwrap();
+    let e = repo
+        .tenant("acme", TenantKey::Passphrase("wrong".into()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::WrongKey);
+    let t = repo
+        .tenant("acme", TenantKey::Passphrase("pw".into()))
+        .await
+        .unwrap();
+    assert_eq!(get(&t, "a/b/file.bin").await, v2);
+    // While open, a second handle on the catalog is refused clearly.
+    let e = Repository::open(&cat).await.unwrap_err();
+    assert!(e.to_string().contains("in use"), "{e}");
+    drop((t, repo));
+    assert_eq!(
+        Repository::create(&cat, small_config(dir.path(), 3, "rs(2,1)"))
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::AlreadyExists
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_data_twice_is_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repository::create(
+        &dir.path().join("c.redb"),
+        small_config(dir.path(), 3, "rs(2,1)"),
+    )
+    .await
+    .unwrap();
+    let t = repo
+        .create_tenant("acme", TenantKey::Passphrase("pw".into()))
+        .await
+        .unwrap();
+    let data = random(4_000_000, 3);
+    t.put("one", &data[..], FileMeta::default()).await.unwrap();
+    let after_one = stored_bytes(dir.path());
+    // ~4 MB × 1.5 (rs(2,1)) plus headers and trailers.
+    assert!(
+        after_one > 6_000_000 && after_one < 6_200_000,
+        "{after_one}"
+    );
+    t.put("two", &data[..], FileMeta::default()).await.unwrap();
+    t.put("dir/three", &data[..], FileMeta::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        stored_bytes(dir.path()),
+        after_one,
+        "identical data added no shard bytes"
+    );
+    let id = t.stat("one").unwrap().chunks[0].id;
+    assert_eq!(repo.catalog().refcount("acme", &id).unwrap(), 3);
+    // A file that shares most of its content stores little more.
+    let mut edited = data.clone();
+    edited.splice(2_000_000..2_000_000, b"inserted".iter().copied());
+    t.put("edited", &edited[..], FileMeta::default())
+        .await
+        .unwrap();
+    let grown = stored_bytes(dir.path()) - after_one;
+    assert!(grown < 1_000_000, "an insert re-stored {grown} bytes");
+    assert_eq!(get(&t, "edited").await, edited);
+    // The edit shares its first chunk with the other three files.
+    assert_eq!(t.stat("edited").unwrap().chunks[0].id, id);
+    assert_eq!(repo.catalog().refcount("acme", &id).unwrap(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_are_isolated() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repository::create(
+        &dir.path().join("c.redb"),
+        small_config(dir.path(), 3, "rs(2,1)"),
+    )
+    .await
+    .unwrap();
+    let a = repo
+        .create_tenant("a", TenantKey::Passphrase("pa".into()))
+        .await
+        .unwrap();
+    let key = MasterKey::generate().unwrap();
+    let b = repo
+        .create_tenant("b", TenantKey::Raw(key.clone()))
+        .await
+        .unwrap();
+    let data = random(500_000, 4);
+    a.put("f", &data[..], FileMeta::default()).await.unwrap();
+    let before = stored_bytes(dir.path());
+    b.put("f", &data[..], FileMeta::default()).await.unwrap();
+    assert!(stored_bytes(dir.path()) > before, "no dedup across tenants");
+    a.put("only-a", &b"x"[..], FileMeta::default())
+        .await
+        .unwrap();
+    assert_eq!(b.stat("only-a").unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(get(&b, "f").await, data);
+    assert_eq!(
+        repo.create_tenant("a", TenantKey::Passphrase("x".into()))
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::AlreadyExists
+    );
+    let e = repo
+        .tenant("b", TenantKey::Raw(MasterKey::generate().unwrap()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::WrongKey);
+    repo.tenant("b", TenantKey::Raw(key)).await.unwrap();
+    for bad in ["", "../x", "a/b", ".hidden"] {
+        assert_eq!(
+            repo.create_tenant(bad, TenantKey::Passphrase("x".into()))
+                .await
+                .unwrap_err()
+                .kind(),
+            ErrorKind::InvalidInput
+        );
+    }
+    assert_eq!(
+        a.put("../escape", &b"x"[..], FileMeta::default())
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::InvalidInput
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_depth_pagination_and_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repository::create(
+        &dir.path().join("c.redb"),
+        small_config(dir.path(), 3, "rs(2,1)"),
+    )
+    .await
+    .unwrap();
+    let t = repo
+        .create_tenant("acme", TenantKey::Passphrase("pw".into()))
+        .await
+        .unwrap();
+    for p in ["r1", "r2", "d1/x", "d1/y", "d1/sub/z", "d2/w", "dz"] {
+        t.put(p, p.as_bytes(), FileMeta::default()).await.unwrap();
+    }
+    let names = |entries: &[Entry]| -> Vec<String> {
+        entries
+            .iter()
+            .map(|e| match e {
+                Entry::File { path, .. } => path.clone(),
+                Entry::Dir { path } => format!("{path}/"),
+            })
+            .collect()
+    };
+    let top = t.list("/", 1, None, 100).unwrap();
+    assert_eq!(names(&top.entries), ["d1/", "d2/", "dz", "r1", "r2"]);
+    assert!(top.cursor.is_none());
+    let all = t.list("", usize::MAX, None, 100).unwrap();
+    assert_eq!(
+        names(&all.entries),
+        ["d1/sub/z", "d1/x", "d1/y", "d2/w", "dz", "r1", "r2"]
+    );
+    assert_eq!(
+        names(&t.list("d1", 1, None, 100).unwrap().entries),
+        ["d1/sub/", "d1/x", "d1/y"]
+    );
+    // Keyset pagination: pages of 2 give the same sequence, no repeats.
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = t.list("/", 1, cursor.as_deref(), 2).unwrap();
+        assert!(page.entries.len() <= 2);
+        seen.extend(names(&page.entries));
+        cursor = page.cursor;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    assert_eq!(seen, names(&top.entries));
+    assert_eq!(
+        t.list("/", 1, Some("zz-not-hex"), 2).unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+
+    t.delete("d2/w").unwrap();
+    assert_eq!(
+        names(&t.list("/", 1, None, 100).unwrap().entries),
+        ["d1/", "dz", "r1", "r2"]
+    );
+    assert_eq!(t.stat("d2/w").unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(t.delete("d2/w").unwrap_err().kind(), ErrorKind::NotFound);
+    let mut old = Vec::new();
+    t.get_version("d2/w", 1, &mut old).await.unwrap();
+    assert_eq!(old, b"d2/w", "versions of a deleted file stay readable");
+}
+
+/// rs(4,2) over 6 backends behind fault injectors.
+async fn faulty_repo(dir: &std::path::Path) -> (Repository, Vec<Arc<FaultyBackend>>) {
+    let config = small_config(dir, 6, "rs(4,2)");
+    let faulty: Vec<Arc<FaultyBackend>> = config
+        .backends
+        .iter()
+        .map(|b: &BackendConfig| {
+            Arc::new(FaultyBackend::new(Arc::new(
+                ObjectStoreBackend::open(&b.name, &b.kind).unwrap(),
+            )))
+        })
+        .collect();
+    let backends: Vec<DynBackend> = faulty.iter().map(|f| f.clone() as DynBackend).collect();
+    let catalog = Arc::new(RedbCatalog::open(&dir.join("c.redb")).unwrap());
+    let repo = Repository::with_parts(config, backends, catalog).unwrap();
+    (repo, faulty)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_survive_any_two_backends_missing_or_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, faulty) = faulty_repo(dir.path()).await;
+    let t = repo
+        .create_tenant("acme", TenantKey::Raw(MasterKey::generate().unwrap()))
+        .await
+        .unwrap();
+    let data = random(5_000_000, 5);
+    t.put("big", &data[..], FileMeta::default()).await.unwrap();
+    // Every pair of backends, each either offline or flipping bytes.
+    for i in 0..6 {
+        for j in i + 1..6 {
+            for (fi, fj) in [
+                (Fault::Offline, Fault::Offline),
+                (Fault::FlipReads, Fault::Offline),
+                (Fault::FlipReads, Fault::FlipReads),
+            ] {
+                faulty[i].set(fi);
+                faulty[j].set(fj);
+                assert_eq!(get(&t, "big").await, data, "backends {i},{j} {fi:?}/{fj:?}");
+                assert_eq!(
+                    t.get_range("big", 1_234_567..1_300_000).await.unwrap(),
+                    &data[1_234_567..1_300_000]
+                );
+                faulty[i].set(Fault::None);
+                faulty[j].set(Fault::None);
+            }
+        }
+    }
+    // Three lost: a clear error, never wrong bytes.
+    for f in &faulty[..3] {
+        f.set(Fault::FlipReads);
+    }
+    let mut out = Vec::new();
+    let e = t.get("big", &mut out).await.unwrap_err();
+    assert!(
+        matches!(e.kind(), ErrorKind::Insufficient | ErrorKind::Integrity),
+        "{e}"
+    );
+    assert!(out.len() < data.len());
+    assert_eq!(
+        &out[..],
+        &data[..out.len()],
+        "whatever was written before the error is correct"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_upload_leaves_no_visible_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, faulty) = faulty_repo(dir.path()).await;
+    let t = repo
+        .create_tenant("acme", TenantKey::Raw(MasterKey::generate().unwrap()))
+        .await
+        .unwrap();
+    t.put("f", &b"first"[..], FileMeta::default())
+        .await
+        .unwrap();
+    faulty[2].set(Fault::FailWritesAfter(1));
+    let data = random(3_000_000, 6);
+    assert!(t.put("f", &data[..], FileMeta::default()).await.is_err());
+    assert!(t.put("g", &data[..], FileMeta::default()).await.is_err());
+    faulty[2].set(Fault::None);
+    assert_eq!(get(&t, "f").await, b"first", "previous version intact");
+    assert_eq!(t.stat("g").unwrap_err().kind(), ErrorKind::NotFound);
+    t.put("g", &data[..], FileMeta::default()).await.unwrap();
+    assert_eq!(get(&t, "g").await, data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_serves_repeated_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = small_config(dir.path(), 3, "rs(2,1)");
+    config.cache_bytes = 16 << 20;
+    let repo = Repository::create(&dir.path().join("c.redb"), config)
+        .await
+        .unwrap();
+    let t = repo
+        .create_tenant("acme", TenantKey::Passphrase("pw".into()))
+        .await
+        .unwrap();
+    let data = random(2_000_000, 7);
+    t.put("f", &data[..], FileMeta::default()).await.unwrap();
+    assert_eq!(get(&t, "f").await, data);
+    let first = repo.cache_stats();
+    assert_eq!(first.hits, 0);
+    assert!(first.misses > 0);
+    assert_eq!(get(&t, "f").await, data);
+    let second = repo.cache_stats();
+    assert_eq!(second.hits, first.misses, "every chunk came from the cache");
+    assert_eq!(second.misses, first.misses);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repository_on_s3() {
+    let server = crate::s3server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = small_config(dir.path(), 3, "rs(2,1)");
+    for (i, b) in config.backends.iter_mut().enumerate() {
+        b.kind = crate::conformance::s3_kind(server.addr, &format!("bucket{i}"));
+    }
+    let repo = Repository::create(&dir.path().join("c.redb"), config)
+        .await
+        .unwrap();
+    let t = repo
+        .create_tenant("acme", TenantKey::Passphrase("pw".into()))
+        .await
+        .unwrap();
+    let data = random(2_500_000, 8);
+    t.put("s3/file", &data[..], FileMeta::default())
+        .await
+        .unwrap();
+    assert_eq!(get(&t, "s3/file").await, data);
+    let list = asheville_storage::Backend::list(repo.backends()[0].as_ref(), "packs/", None, 1000)
+        .await
+        .unwrap();
+    assert!(!list.objects.is_empty());
+    let _ = BackendKind::Memory;
+}
