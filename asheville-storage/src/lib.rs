@@ -40,8 +40,10 @@ pub mod repository;
 pub use backend::{
     Backend, BackendKind, DynBackend, Fault, FaultyBackend, ObjectStoreBackend, S3Config,
 };
-pub use catalog::{Catalog, ChunkRef, Entry, FileMeta, FileVersion, ListPage, RedbCatalog};
+pub use catalog::{
+    Catalog, ChunkRef, Entry, FileMeta, FileVersion, ListPage, NewVersion, RedbCatalog,
+};
 pub use config::{BackendConfig, RepoConfig};
 pub use error::{Error, ErrorKind, Result};
 pub use path::RepoPath;
-pub use repository::{Repository, Tenant, TenantKey};
+pub use repository::{Batch, Repository, Tenant, TenantKey};

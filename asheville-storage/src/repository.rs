@@ -21,7 +21,8 @@ use tokio::task::JoinSet;
 use crate::backend::{DynBackend, ObjectStoreBackend};
 use crate::cache::{CacheKey, CacheStats, ReadCache};
 use crate::catalog::{
-    BlobLoc, Catalog, ChunkRef, FileMeta, FileVersion, ListPage, PackRecord, RedbCatalog,
+    BlobLoc, Catalog, ChunkRef, FileMeta, FileVersion, ListPage, NewVersion, PackRecord,
+    RedbCatalog,
 };
 use crate::chunking::AsyncChunker;
 use crate::config::RepoConfig;
@@ -422,6 +423,143 @@ impl<'a> PackWriter<'a> {
     }
 }
 
+/// Several writes that share packs and commit in one catalog transaction.
+///
+/// Nothing added to a batch is visible, or acknowledged, until
+/// [`Batch::commit`] returns; a crash or an error before that leaves the
+/// repository as it was (shards already uploaded are garbage for `gc`).
+pub struct Batch<'a> {
+    t: &'a Tenant,
+    writer: PackWriter<'a>,
+    files: Vec<NewVersion>,
+    bytes: u64,
+    failed: bool,
+}
+
+impl std::fmt::Debug for Batch<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("files", &self.files.len())
+            .field("bytes", &self.bytes)
+            .finish()
+    }
+}
+
+impl Batch<'_> {
+    /// Chunks, seals and queues `reader`'s bytes as the next version of
+    /// `path`. After an error the batch refuses further work.
+    pub async fn add<R: AsyncRead + Unpin>(
+        &mut self,
+        path: &str,
+        reader: R,
+        meta: FileMeta,
+    ) -> Result<()> {
+        if self.failed {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "this batch failed earlier; start a new one",
+            ));
+        }
+        let r = self.add_inner(path, reader, meta).await;
+        self.failed = r.is_err();
+        r
+    }
+
+    async fn add_inner<R: AsyncRead + Unpin>(
+        &mut self,
+        path: &str,
+        reader: R,
+        meta: FileMeta,
+    ) -> Result<()> {
+        let path = RepoPath::parse(path)?;
+        if path.is_root() {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "a file needs a name (the path is the root)",
+            ));
+        }
+        let inner = &self.t.repo.inner;
+        let mut chunker = AsyncChunker::new(inner.config.chunker, reader)?;
+        let mut chunks = Vec::new();
+        let mut size = 0u64;
+        while let Some(chunk) = chunker.next_chunk().await? {
+            let id = self.t.keys.chunk_id(&chunk);
+            chunks.push(ChunkRef {
+                id,
+                len: chunk.len() as u32,
+            });
+            size += chunk.len() as u64;
+            if !self.writer.pending.contains(&id)
+                && inner.catalog.blob(&self.t.name, &id)?.is_none()
+            {
+                self.writer.add(id, &chunk).await?;
+            }
+        }
+        self.bytes += size;
+        self.files.push(NewVersion {
+            path,
+            size,
+            meta,
+            chunks,
+        });
+        Ok(())
+    }
+
+    /// Adds the local file at `local` with its mtime and permissions.
+    pub async fn add_path(&mut self, path: &str, local: &Path) -> Result<()> {
+        let f = tokio::fs::File::open(local).await.map_err(|e| {
+            Error::io("cannot open local file", e).with_context("file", local.display())
+        })?;
+        let m = f
+            .metadata()
+            .await
+            .map_err(|e| Error::io("cannot stat local file", e))?;
+        self.add(
+            path,
+            tokio::io::BufReader::with_capacity(256 << 10, f),
+            local_meta(&m),
+        )
+        .await
+    }
+
+    /// Files added so far.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Whether nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// Bytes added so far (before dedup).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Flushes the open pack, waits for every upload, then commits all the
+    /// batch's versions at once.
+    pub async fn commit(self) -> Result<Vec<FileVersion>> {
+        let finished = self.writer.finish().await;
+        if self.failed {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "this batch failed earlier; nothing was committed",
+            ));
+        }
+        finished?;
+        if self.files.is_empty() {
+            return Ok(Vec::new());
+        }
+        let catalog = self.t.repo.inner.catalog.clone();
+        let tenant = self.t.name.clone();
+        let files = self.files;
+        tokio::task::spawn_blocking(move || catalog.commit_versions(&tenant, files))
+            .await
+            .map_err(join_err)?
+    }
+}
+
 /// Encodes a finished pack, writes every shard to its backend, then
 /// records the pack and its blobs in the catalog (in that order).
 async fn upload_pack(
@@ -516,70 +654,42 @@ impl Tenant {
         &self.name
     }
 
-    /// Stores `reader`'s bytes as a new version of `path`. The version is
-    /// visible only once every chunk is durably stored and committed;
-    /// chunks already stored (by any earlier write of this tenant) are not
-    /// stored again.
+    /// Stores `reader`'s bytes as a new version of `path`. Returns once
+    /// the version is durable and visible: every chunk stored on its
+    /// backends and committed. Chunks already stored (by any earlier write
+    /// of this tenant) are not stored again. For many files, a [`Batch`]
+    /// shares packs between them and commits them together.
     pub async fn put<R: AsyncRead + Unpin>(
         &self,
         path: &str,
         reader: R,
         meta: FileMeta,
     ) -> Result<FileVersion> {
-        let path = RepoPath::parse(path)?;
-        if path.is_root() {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                "a file needs a name (the path is the root)",
-            ));
-        }
-        let inner = &self.repo.inner;
-        let mut chunker = AsyncChunker::new(inner.config.chunker, reader)?;
-        let mut writer = PackWriter::new(self);
-        let mut refs = Vec::new();
-        let mut size = 0u64;
-        let result: Result<()> = async {
-            while let Some(chunk) = chunker.next_chunk().await? {
-                let id = self.keys.chunk_id(&chunk);
-                refs.push(ChunkRef {
-                    id,
-                    len: chunk.len() as u32,
-                });
-                size += chunk.len() as u64;
-                if !writer.pending.contains(&id) && inner.catalog.blob(&self.name, &id)?.is_none() {
-                    writer.add(id, &chunk).await?;
-                }
-            }
-            Ok(())
-        }
-        .await;
-        let finished = writer.finish().await;
-        result?;
-        finished?;
-        let catalog = inner.catalog.clone();
-        let tenant = self.name.clone();
-        tokio::task::spawn_blocking(move || {
-            catalog.commit_version(&tenant, &path, size, meta, refs)
-        })
-        .await
-        .map_err(join_err)?
+        let mut batch = self.batch();
+        batch.add(path, reader, meta).await?;
+        let mut v = batch.commit().await?;
+        v.pop()
+            .ok_or_else(|| Error::new(ErrorKind::Other, "commit returned no version"))
     }
 
     /// Stores the local file at `local` (content, mtime, permissions).
     pub async fn put_path(&self, path: &str, local: &Path) -> Result<FileVersion> {
-        let f = tokio::fs::File::open(local).await.map_err(|e| {
-            Error::io("cannot open local file", e).with_context("file", local.display())
-        })?;
-        let m = f
-            .metadata()
-            .await
-            .map_err(|e| Error::io("cannot stat local file", e))?;
-        self.put(
-            path,
-            tokio::io::BufReader::with_capacity(1 << 20, f),
-            local_meta(&m),
-        )
-        .await
+        let mut batch = self.batch();
+        batch.add_path(path, local).await?;
+        let mut v = batch.commit().await?;
+        v.pop()
+            .ok_or_else(|| Error::new(ErrorKind::Other, "commit returned no version"))
+    }
+
+    /// A batch of writes that share packs and become visible together.
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            t: self,
+            writer: PackWriter::new(self),
+            files: Vec::new(),
+            bytes: 0,
+            failed: false,
+        }
     }
 
     /// The latest version's metadata. `NotFound` if there is no live file.

@@ -66,6 +66,19 @@ pub struct FileMeta {
     pub mode: u32,
 }
 
+/// A version to commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewVersion {
+    /// Path.
+    pub path: RepoPath,
+    /// Size in bytes.
+    pub size: u64,
+    /// Metadata.
+    pub meta: FileMeta,
+    /// Chunks in order.
+    pub chunks: Vec<ChunkRef>,
+}
+
 /// One version of a file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileVersion {
@@ -130,16 +143,10 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     fn commit_pack(&self, pack: &PackRecord, blobs: &[(ChunkId, BlobLoc)]) -> Result<()>;
     /// A pack.
     fn pack(&self, id: &PackId) -> Result<Option<PackRecord>>;
-    /// Commits a new version of `path` (its number is assigned here) after
-    /// checking every chunk is a committed blob; adds one reference to each.
-    fn commit_version(
-        &self,
-        tenant: &str,
-        path: &RepoPath,
-        size: u64,
-        meta: FileMeta,
-        chunks: Vec<ChunkRef>,
-    ) -> Result<FileVersion>;
+    /// Commits new versions of files in one transaction (all or none):
+    /// version numbers are assigned here, every chunk must be a committed
+    /// blob, and each reference adds one to the blob's count.
+    fn commit_versions(&self, tenant: &str, files: Vec<NewVersion>) -> Result<Vec<FileVersion>>;
     /// The latest version of a live file.
     fn latest(&self, tenant: &str, path: &RepoPath) -> Result<Option<FileVersion>>;
     /// A given version (live or deleted file).

@@ -6,7 +6,7 @@ use std::path::Path;
 use asheville_core::{ChunkId, PackId};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{BlobLoc, Catalog, ChunkRef, Entry, FileMeta, FileVersion, ListPage, PackRecord};
+use super::{BlobLoc, Catalog, Entry, FileVersion, ListPage, NewVersion, PackRecord};
 use crate::error::{Error, ErrorKind, Result};
 use crate::path::RepoPath;
 
@@ -165,69 +165,67 @@ impl Catalog for RedbCatalog {
         v.map(|v| dec(v.value())).transpose()
     }
 
-    fn commit_version(
-        &self,
-        tenant: &str,
-        path: &RepoPath,
-        size: u64,
-        meta: FileMeta,
-        chunks: Vec<ChunkRef>,
-    ) -> Result<FileVersion> {
-        if path.is_root() {
+    fn commit_versions(&self, tenant: &str, files: Vec<NewVersion>) -> Result<Vec<FileVersion>> {
+        if let Some(f) = files.iter().find(|f| f.path.is_root()) {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
                 "a file needs a name (the path is the root)",
-            ));
+            )
+            .with_context("path", &f.path));
         }
         let w = self.db.begin_write()?;
-        let fv;
+        let mut out = Vec::with_capacity(files.len());
         {
             let blobs = w.open_table(BLOBS)?;
             let mut refs = w.open_table(REFS)?;
-            for c in &chunks {
-                let k = blob_key(tenant, &c.id);
-                if blobs.get(k.as_slice())?.is_none() {
-                    return Err(Error::new(
-                        ErrorKind::Integrity,
-                        "a chunk of the file is not committed",
-                    )
-                    .with_context("path", path)
-                    .with_context("chunk", c.id));
-                }
-                let n = refs.get(k.as_slice())?.map(|v| v.value()).unwrap_or(0);
-                refs.insert(k.as_slice(), n + 1)?;
-            }
-            let mut files = w.open_table(FILES)?;
-            let fk = file_key(tenant, path);
-            let prev: Option<FileHead> = files
-                .get(fk.as_str())?
-                .map(|v| dec(v.value()))
-                .transpose()?;
-            let version = prev.map(|h| h.latest + 1).unwrap_or(1);
-            fv = FileVersion {
-                path: path.as_str().to_owned(),
-                version,
-                size,
-                meta,
-                created_ns: now_ns(),
-                chunks,
-            };
-            files.insert(
-                fk.as_str(),
-                enc(&FileHead {
-                    latest: version,
-                    deleted: false,
-                })?
-                .as_slice(),
-            )?;
+            let mut heads = w.open_table(FILES)?;
             let mut versions = w.open_table(VERSIONS)?;
-            versions.insert(
-                version_key(tenant, path, version).as_slice(),
-                enc(&fv)?.as_slice(),
-            )?;
+            let now = now_ns();
+            for f in files {
+                for c in &f.chunks {
+                    let k = blob_key(tenant, &c.id);
+                    if blobs.get(k.as_slice())?.is_none() {
+                        return Err(Error::new(
+                            ErrorKind::Integrity,
+                            "a chunk of the file is not committed",
+                        )
+                        .with_context("path", &f.path)
+                        .with_context("chunk", c.id));
+                    }
+                    let n = refs.get(k.as_slice())?.map(|v| v.value()).unwrap_or(0);
+                    refs.insert(k.as_slice(), n + 1)?;
+                }
+                let fk = file_key(tenant, &f.path);
+                let prev: Option<FileHead> = heads
+                    .get(fk.as_str())?
+                    .map(|v| dec(v.value()))
+                    .transpose()?;
+                let version = prev.map(|h| h.latest + 1).unwrap_or(1);
+                let fv = FileVersion {
+                    path: f.path.as_str().to_owned(),
+                    version,
+                    size: f.size,
+                    meta: f.meta,
+                    created_ns: now,
+                    chunks: f.chunks,
+                };
+                heads.insert(
+                    fk.as_str(),
+                    enc(&FileHead {
+                        latest: version,
+                        deleted: false,
+                    })?
+                    .as_slice(),
+                )?;
+                versions.insert(
+                    version_key(tenant, &f.path, version).as_slice(),
+                    enc(&fv)?.as_slice(),
+                )?;
+                out.push(fv);
+            }
         }
         w.commit()?;
-        Ok(fv)
+        Ok(out)
     }
 
     fn latest(&self, tenant: &str, path: &RepoPath) -> Result<Option<FileVersion>> {

@@ -435,3 +435,66 @@ async fn repository_on_s3() {
     assert!(!list.objects.is_empty());
     let _ = BackendKind::Memory;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_shares_packs_and_commits_atomically() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repository::create(
+        &dir.path().join("c.redb"),
+        small_config(dir.path(), 3, "rs(2,1)"),
+    )
+    .await
+    .unwrap();
+    let t = repo
+        .create_tenant("acme", TenantKey::Passphrase("pw".into()))
+        .await
+        .unwrap();
+    let mut batch = t.batch();
+    for i in 0..200 {
+        let body = random(2_000 + i, i as u64);
+        batch
+            .add(&format!("small/{i:03}"), &body[..], FileMeta::default())
+            .await
+            .unwrap();
+    }
+    assert_eq!(batch.len(), 200);
+    assert_eq!(
+        t.stat("small/000").unwrap_err().kind(),
+        ErrorKind::NotFound,
+        "invisible before commit"
+    );
+    let versions = batch.commit().await.unwrap();
+    assert_eq!(versions.len(), 200);
+    for i in [0usize, 57, 199] {
+        assert_eq!(
+            get(&t, &format!("small/{i:03}")).await,
+            random(2_000 + i, i as u64)
+        );
+    }
+    // ~440 KB of small files fit in one 1 MiB pack: 3 shard objects, not 600.
+    let shards =
+        asheville_storage::Backend::list(repo.backends()[0].as_ref(), "packs/", None, 10_000)
+            .await
+            .unwrap();
+    assert_eq!(shards.objects.len(), 1, "{:?}", shards.objects.len());
+    // A failed add poisons the batch: nothing of it is committed.
+    let mut batch = t.batch();
+    batch
+        .add("ok", &b"fine"[..], FileMeta::default())
+        .await
+        .unwrap();
+    assert!(
+        batch
+            .add("../bad", &b"x"[..], FileMeta::default())
+            .await
+            .is_err()
+    );
+    assert!(
+        batch
+            .add("ok2", &b"x"[..], FileMeta::default())
+            .await
+            .is_err()
+    );
+    assert!(batch.commit().await.is_err());
+    assert_eq!(t.stat("ok").unwrap_err().kind(), ErrorKind::NotFound);
+}
