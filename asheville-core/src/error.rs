@@ -102,6 +102,12 @@ impl Error {
     pub fn context(&self) -> &[(&'static str, String)] {
         &self.context
     }
+
+    /// Takes the underlying cause out (for wrapping this error into another
+    /// crate's error without printing the message twice).
+    pub fn take_source(&mut self) -> Option<Box<dyn std::error::Error + Send + Sync + 'static>> {
+        self.source.take()
+    }
 }
 
 impl fmt::Display for Error {

@@ -1,4 +1,2 @@
-//! Asheville HTTP shell and `asheville` CLI.
-//!
-//! Not built yet: a placeholder in the workspace layout of DESIGN.md that
-//! exports nothing. See the open issues for its scope.
+//! Asheville's shells. Today: the `asheville` command-line tool
+//! (`src/bin/asheville.rs`). The HTTP server of DESIGN.md is not built yet.

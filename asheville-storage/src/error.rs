@@ -159,7 +159,7 @@ impl std::error::Error for Error {
 }
 
 impl From<asheville_core::Error> for Error {
-    fn from(e: asheville_core::Error) -> Self {
+    fn from(mut e: asheville_core::Error) -> Self {
         use asheville_core::ErrorKind as K;
         let kind = match e.kind() {
             K::InvalidConfig | K::InvalidInput => ErrorKind::InvalidInput,
@@ -169,7 +169,10 @@ impl From<asheville_core::Error> for Error {
             K::Unsupported => ErrorKind::Unsupported,
             _ => ErrorKind::Other,
         };
-        Error::new(kind, e.message().to_owned()).set_source(e)
+        let mut out = Error::new(kind, e.message().to_owned());
+        out.context = e.context().to_vec();
+        out.source = e.take_source();
+        out
     }
 }
 

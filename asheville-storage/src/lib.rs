@@ -36,6 +36,7 @@ pub mod error;
 pub mod pack;
 pub mod path;
 pub mod repository;
+pub mod tree;
 
 pub use backend::{
     Backend, BackendKind, DynBackend, Fault, FaultyBackend, ObjectStoreBackend, S3Config,

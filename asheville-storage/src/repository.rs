@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use asheville_core::{
-    Codec, KeyFile, MasterKey, PackId, Placement, Sealer, Slot, TenantKeys, aead,
+    ChunkId, Codec, KeyFile, MasterKey, PackId, Placement, Sealer, Slot, TenantKeys, aead,
     redundancy::SHARD_HEADER_LEN,
 };
 use bytes::Bytes;
@@ -342,9 +342,12 @@ impl std::fmt::Debug for Tenant {
 /// The open pack of a write and the uploads in flight.
 struct PackWriter<'a> {
     t: &'a Tenant,
-    buf: Vec<u8>,
-    entries: Vec<TrailerEntry>,
-    pending: HashSet<asheville_core::ChunkId>,
+    /// Plaintext chunks of the open pack; sealed in the pack's own task so
+    /// that chunking + hashing (this task) and sealing + encoding (another
+    /// core) overlap.
+    chunks: Vec<(ChunkId, Vec<u8>)>,
+    bytes: usize,
+    pending: HashSet<ChunkId>,
     uploads: JoinSet<Result<()>>,
     permits: Arc<Semaphore>,
 }
@@ -354,30 +357,28 @@ impl<'a> PackWriter<'a> {
         let cfg = &t.repo.inner.config;
         PackWriter {
             t,
-            buf: Vec::with_capacity(cfg.pack_size + cfg.chunker.max_size as usize),
-            entries: Vec::new(),
+            chunks: Vec::new(),
+            bytes: 0,
             pending: HashSet::new(),
             uploads: JoinSet::new(),
             permits: Arc::new(Semaphore::new(cfg.packs_in_flight)),
         }
     }
 
-    async fn add(&mut self, id: asheville_core::ChunkId, chunk: &[u8]) -> Result<()> {
+    async fn add(&mut self, id: ChunkId, chunk: Vec<u8>) -> Result<()> {
         if !self.pending.insert(id) {
             return Ok(());
         }
-        let offset = self.buf.len() as u64;
-        self.t.sealer.seal_into(&id, chunk, &mut self.buf)?;
-        let len = (self.buf.len() as u64 - offset) as u32;
-        self.entries.push(TrailerEntry { id, offset, len });
-        if self.buf.len() >= self.t.repo.inner.config.pack_size {
+        self.bytes += chunk.len() + asheville_core::seal::OVERHEAD;
+        self.chunks.push((id, chunk));
+        if self.bytes >= self.t.repo.inner.config.pack_size {
             self.flush().await?;
         }
         Ok(())
     }
 
     async fn flush(&mut self) -> Result<()> {
-        if self.entries.is_empty() {
+        if self.chunks.is_empty() {
             return Ok(());
         }
         // Surface a failed upload early instead of after the whole input.
@@ -390,21 +391,11 @@ impl<'a> PackWriter<'a> {
             .acquire_owned()
             .await
             .map_err(|_| Error::new(ErrorKind::Other, "semaphore closed"))?;
-        let cap = self.buf.capacity();
-        let mut data = std::mem::replace(&mut self.buf, Vec::with_capacity(cap));
-        let entries = std::mem::take(&mut self.entries);
-        let id = PackId::random()?;
-        pack::finish(
-            &mut data,
-            &id,
-            &self.t.name,
-            self.t.keys.seal_key(),
-            &entries,
-        )?;
-        let repo = self.t.repo.clone();
-        let tenant = self.t.name.clone();
+        let chunks = std::mem::take(&mut self.chunks);
+        let bytes = std::mem::take(&mut self.bytes);
+        let t = self.t.clone();
         self.uploads.spawn(async move {
-            let r = upload_pack(&repo, &tenant, id, data, entries).await;
+            let r = upload_pack(&t, chunks, bytes).await;
             drop(permit);
             r
         });
@@ -492,7 +483,7 @@ impl Batch<'_> {
             if !self.writer.pending.contains(&id)
                 && inner.catalog.blob(&self.t.name, &id)?.is_none()
             {
-                self.writer.add(id, &chunk).await?;
+                self.writer.add(id, chunk).await?;
             }
         }
         self.bytes += size;
@@ -562,19 +553,33 @@ impl Batch<'_> {
 
 /// Encodes a finished pack, writes every shard to its backend, then
 /// records the pack and its blobs in the catalog (in that order).
-async fn upload_pack(
-    repo: &Repository,
-    tenant: &str,
-    id: PackId,
-    data: Vec<u8>,
-    entries: Vec<TrailerEntry>,
-) -> Result<()> {
-    let inner = &repo.inner;
-    let data_len = data.len() as u64;
+async fn upload_pack(t: &Tenant, chunks: Vec<(ChunkId, Vec<u8>)>, bytes: usize) -> Result<()> {
+    let inner = &t.repo.inner;
+    let id = PackId::random()?;
     let codec = inner.codec.clone();
-    let enc = tokio::task::spawn_blocking(move || codec.encode_pack(data))
-        .await
-        .map_err(join_err)??;
+    let sealer = t.sealer.clone();
+    let seal_key = t.keys.seal_key().clone();
+    let tenant = t.name.clone();
+    let (enc, entries, data_len) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let mut data = Vec::with_capacity(bytes + 4096);
+        let mut entries = Vec::with_capacity(chunks.len());
+        for (cid, chunk) in &chunks {
+            let offset = data.len() as u64;
+            sealer.seal_into(cid, chunk, &mut data)?;
+            entries.push(TrailerEntry {
+                id: *cid,
+                offset,
+                len: (data.len() as u64 - offset) as u32,
+            });
+        }
+        drop(chunks);
+        pack::finish(&mut data, &id, &tenant, &seal_key, &entries)?;
+        let data_len = data.len() as u64;
+        Ok((codec.encode_pack(data)?, entries, data_len))
+    })
+    .await
+    .map_err(join_err)??;
+    let tenant = t.name.as_str();
     let n = enc.shard_count();
     let targets = inner.placement.place(id.as_bytes(), n)?;
     let headers: Vec<Bytes> = (0..n)

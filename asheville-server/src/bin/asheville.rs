@@ -1,0 +1,391 @@
+//! `asheville`: store directories in an Asheville repository and get them back.
+//!
+//! With no configuration it uses `./asheville-data`: three local backends
+//! with `rs(2,1)`, created on first use. The tenant's passphrase comes from
+//! `ASHEVILLE_PASSPHRASE` or `--passphrase-file`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use asheville_core::Redundancy;
+use asheville_storage::tree::{self, Progress, PutOptions};
+use asheville_storage::{Entry, Error, ErrorKind, RepoConfig, Repository, Tenant, TenantKey};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+#[derive(Parser)]
+#[command(
+    name = "asheville",
+    version,
+    about = "Encrypted, deduplicated, erasure-coded storage over many backends"
+)]
+struct Cli {
+    /// Repository directory (catalog and, by default, the local backends).
+    #[arg(
+        long,
+        global = true,
+        env = "ASHEVILLE_DATA",
+        default_value = "asheville-data"
+    )]
+    data_dir: PathBuf,
+    /// Tenant to act as.
+    #[arg(
+        long,
+        global = true,
+        env = "ASHEVILLE_TENANT",
+        default_value = "default"
+    )]
+    tenant: String,
+    /// File holding the passphrase (else $ASHEVILLE_PASSPHRASE).
+    #[arg(long, global = true)]
+    passphrase_file: Option<PathBuf>,
+    /// Machine-readable JSON output, no progress bars.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a repository (done automatically by the first `put`).
+    Init {
+        /// Redundancy of every pack: none, replicas(N), rs(K,M).
+        #[arg(long, default_value = "rs(2,1)")]
+        redundancy: Redundancy,
+        /// Number of local backends under the data directory.
+        #[arg(long, default_value_t = 3)]
+        backends: usize,
+        /// A JSON repository config instead (backends, redundancy, ...).
+        #[arg(long, conflicts_with_all = ["redundancy", "backends"])]
+        config: Option<PathBuf>,
+    },
+    /// Store a file or a directory (recursively).
+    Put {
+        /// Local file or directory.
+        local: PathBuf,
+        /// Where in the repository (default: the local name).
+        remote: Option<String>,
+    },
+    /// Restore a file or a directory tree.
+    Get {
+        /// Path in the repository.
+        remote: String,
+        /// Local destination.
+        local: PathBuf,
+    },
+    /// List a directory.
+    Ls {
+        /// Directory (default: the root).
+        #[arg(default_value = "/")]
+        path: String,
+        /// Recurse into subdirectories.
+        #[arg(short = 'R', long)]
+        recursive: bool,
+        /// Entries per page (all pages are printed).
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// Delete a file (its versions stay until retention removes them).
+    Rm {
+        /// Path.
+        path: String,
+    },
+    /// Show every version of a file.
+    Versions {
+        /// Path.
+        path: String,
+    },
+    /// Show a file's metadata.
+    Stat {
+        /// Path.
+        path: String,
+    },
+}
+
+fn passphrase(cli: &Cli) -> Result<String, Error> {
+    if let Some(f) = &cli.passphrase_file {
+        let s = std::fs::read_to_string(f).map_err(|e| {
+            Error::io("cannot read the passphrase file", e).with_context("file", f.display())
+        })?;
+        return Ok(s.trim_end_matches(['\n', '\r']).to_owned());
+    }
+    match std::env::var("ASHEVILLE_PASSPHRASE") {
+        Ok(p) if !p.is_empty() => Ok(p),
+        _ => Err(Error::new(
+            ErrorKind::InvalidInput,
+            "no passphrase: set ASHEVILLE_PASSPHRASE or pass --passphrase-file FILE",
+        )),
+    }
+}
+
+fn catalog_path(dir: &Path) -> PathBuf {
+    dir.join("catalog.redb")
+}
+
+fn absolute(dir: &Path) -> Result<PathBuf, Error> {
+    std::path::absolute(dir).map_err(|e| Error::io("cannot resolve the data directory", e))
+}
+
+async fn init(cli: &Cli, config: RepoConfig) -> Result<Tenant, Error> {
+    let pw = passphrase(cli)?;
+    let repo = Repository::create(&catalog_path(&cli.data_dir), config).await?;
+    repo.create_tenant(&cli.tenant, TenantKey::Passphrase(pw))
+        .await
+}
+
+fn default_config(
+    dir: &Path,
+    redundancy: Redundancy,
+    backends: usize,
+) -> Result<RepoConfig, Error> {
+    let mut c = RepoConfig::local(absolute(dir)?, backends, redundancy);
+    // Tests set this to keep Argon2id cheap; never set it for real keys.
+    if std::env::var_os("ASHEVILLE_INSECURE_FAST_KDF").is_some() {
+        c.kdf = asheville_core::KdfParams::INSECURE_FAST_FOR_TESTS;
+    }
+    Ok(c)
+}
+
+async fn open(cli: &Cli, create_if_missing: bool) -> Result<Tenant, Error> {
+    let cat = catalog_path(&cli.data_dir);
+    if !cat.exists() && create_if_missing {
+        if !cli.json {
+            eprintln!(
+                "note: creating a new repository in {} (3 local backends, rs(2,1))",
+                cli.data_dir.display()
+            );
+        }
+        return init(cli, default_config(&cli.data_dir, "rs(2,1)".parse()?, 3)?).await;
+    }
+    let repo = Repository::open(&cat).await?;
+    let pw = passphrase(cli)?;
+    match repo
+        .tenant(&cli.tenant, TenantKey::Passphrase(pw.clone()))
+        .await
+    {
+        Err(e) if e.kind() == ErrorKind::NotFound && create_if_missing => {
+            repo.create_tenant(&cli.tenant, TenantKey::Passphrase(pw))
+                .await
+        }
+        r => r,
+    }
+}
+
+struct Bar(ProgressBar);
+
+impl Bar {
+    fn new(json: bool) -> Bar {
+        let pb = ProgressBar::with_draw_target(
+            None,
+            if json {
+                ProgressDrawTarget::hidden()
+            } else {
+                ProgressDrawTarget::stderr()
+            },
+        );
+        pb.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        Bar(pb)
+    }
+}
+
+impl Progress for Bar {
+    fn start(&self, files: u64, bytes: u64) {
+        self.0.set_length(bytes);
+        self.0.set_message(format!("0/{files} files"));
+    }
+    fn file_done(&self, _path: &str, bytes: u64) {
+        self.0.inc(bytes);
+    }
+    fn skipped(&self, path: &str, why: &str) {
+        self.0.suspend(|| eprintln!("skipped {path}: {why}"));
+    }
+}
+
+fn mb_s(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / secs.max(1e-9) / 1e6
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{v}");
+}
+
+async fn run(cli: &Cli) -> Result<(), Error> {
+    match &cli.cmd {
+        Cmd::Init {
+            redundancy,
+            backends,
+            config,
+        } => {
+            let config = match config {
+                Some(f) => {
+                    let text = std::fs::read(f).map_err(|e| {
+                        Error::io("cannot read config", e).with_context("file", f.display())
+                    })?;
+                    serde_json::from_slice(&text).map_err(|e| {
+                        Error::new(ErrorKind::InvalidInput, "config does not parse")
+                            .with_context("file", f.display())
+                            .set_source(e)
+                    })?
+                }
+                None => default_config(&cli.data_dir, *redundancy, *backends)?,
+            };
+            init(cli, config).await?;
+            if cli.json {
+                print_json(&serde_json::json!({"created": cli.data_dir, "tenant": cli.tenant}));
+            } else {
+                println!(
+                    "created repository in {} with tenant {}",
+                    cli.data_dir.display(),
+                    cli.tenant
+                );
+            }
+        }
+        Cmd::Put { local, remote } => {
+            let t = open(cli, true).await?;
+            let remote = match remote {
+                Some(r) => r.clone(),
+                None => local
+                    .canonicalize()
+                    .ok()
+                    .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .ok_or_else(|| Error::new(ErrorKind::InvalidInput, "give a remote path"))?,
+            };
+            let bar = Bar::new(cli.json);
+            let r = tree::put_tree(&t, local, &remote, PutOptions::default(), &bar).await?;
+            bar.0.finish_and_clear();
+            if cli.json {
+                print_json(
+                    &serde_json::json!({"files": r.files, "bytes": r.bytes, "seconds": r.seconds, "skipped": r.skipped, "remote": remote}),
+                );
+            } else {
+                println!(
+                    "stored {} files, {} bytes under /{} in {:.2} s ({:.0} MB/s, {:.0} files/s)",
+                    r.files,
+                    r.bytes,
+                    remote.trim_start_matches('/'),
+                    r.seconds,
+                    mb_s(r.bytes, r.seconds),
+                    r.files as f64 / r.seconds.max(1e-9)
+                );
+            }
+        }
+        Cmd::Get { remote, local } => {
+            let t = open(cli, false).await?;
+            let bar = Bar::new(cli.json);
+            let r = tree::get_tree(&t, remote, local, &bar).await?;
+            bar.0.finish_and_clear();
+            if cli.json {
+                print_json(
+                    &serde_json::json!({"files": r.files, "bytes": r.bytes, "seconds": r.seconds}),
+                );
+            } else {
+                println!(
+                    "restored {} files, {} bytes to {} in {:.2} s ({:.0} MB/s)",
+                    r.files,
+                    r.bytes,
+                    local.display(),
+                    r.seconds,
+                    mb_s(r.bytes, r.seconds)
+                );
+            }
+        }
+        Cmd::Ls {
+            path,
+            recursive,
+            limit,
+        } => {
+            let t = open(cli, false).await?;
+            let depth = if *recursive { usize::MAX } else { 1 };
+            let mut cursor: Option<String> = None;
+            let mut all = Vec::new();
+            loop {
+                let page = t.list(path, depth, cursor.as_deref(), *limit)?;
+                for e in &page.entries {
+                    if cli.json {
+                        all.push(serde_json::to_value(e).unwrap_or_default());
+                    } else {
+                        match e {
+                            Entry::File {
+                                path,
+                                size,
+                                version,
+                                ..
+                            } => println!("{size:>14}  v{version:<4} /{path}"),
+                            Entry::Dir { path } => println!("{:>14}  {:<5} /{path}/", "-", "dir"),
+                        }
+                    }
+                }
+                cursor = page.cursor;
+                if cursor.is_none() {
+                    break;
+                }
+            }
+            if cli.json {
+                print_json(&serde_json::Value::Array(all));
+            }
+        }
+        Cmd::Rm { path } => {
+            let t = open(cli, false).await?;
+            t.delete(path)?;
+            if cli.json {
+                print_json(&serde_json::json!({"deleted": path}));
+            }
+        }
+        Cmd::Versions { path } => {
+            let t = open(cli, false).await?;
+            let vs = t.versions(path)?;
+            if vs.is_empty() {
+                return Err(
+                    Error::new(ErrorKind::NotFound, "no such file").with_context("path", path)
+                );
+            }
+            if cli.json {
+                let v: Vec<_> = vs.iter().map(|v| serde_json::json!({"version": v.version, "size": v.size, "created_ns": v.created_ns, "mtime_ns": v.meta.mtime_ns})).collect();
+                print_json(&serde_json::Value::Array(v));
+            } else {
+                for v in vs {
+                    println!(
+                        "v{:<4} {:>14} bytes  committed {} ns",
+                        v.version, v.size, v.created_ns
+                    );
+                }
+            }
+        }
+        Cmd::Stat { path } => {
+            let t = open(cli, false).await?;
+            let v = t.stat(path)?;
+            let j = serde_json::json!({
+                "path": v.path, "version": v.version, "size": v.size, "chunks": v.chunks.len(),
+                "mtime_ns": v.meta.mtime_ns, "mode": format!("{:o}", v.meta.mode), "created_ns": v.created_ns,
+            });
+            if cli.json {
+                print_json(&j);
+            } else {
+                println!("{}", serde_json::to_string_pretty(&j).unwrap_or_default());
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if cli.json {
+                print_json(
+                    &serde_json::json!({"error": {"kind": e.kind().as_str(), "message": e.to_string()}}),
+                );
+            } else {
+                eprintln!("error: {e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! End-to-end tests of the `asheville` binary.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on failure
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, SystemTime};
+
+fn asheville(data: &Path, pass: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_asheville"))
+        .args(args)
+        .env("ASHEVILLE_DATA", data)
+        .env("ASHEVILLE_PASSPHRASE", pass)
+        .env("ASHEVILLE_INSECURE_FAST_KDF", "1")
+        .env_remove("ASHEVILLE_TENANT")
+        .output()
+        .expect("run asheville")
+}
+
+fn ok(o: Output) -> String {
+    assert!(
+        o.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn json(o: Output) -> serde_json::Value {
+    serde_json::from_str(ok(o).trim()).unwrap()
+}
+
+fn make_tree(root: &Path) {
+    let files: &[(&str, usize, u32)] = &[
+        ("a.txt", 12, 0o644),
+        ("empty", 0, 0o600),
+        ("bin/tool", 70_000, 0o755),
+        ("deep/er/still/big.bin", 5_000_000, 0o640),
+        ("deep/dup.bin", 5_000_000, 0o644),
+        ("名前 with spaces.txt", 1000, 0o644),
+    ];
+    for (i, (name, len, mode)) in files.iter().enumerate() {
+        let p = root.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        // dup.bin has the same content as big.bin.
+        let seed = if name.ends_with("dup.bin") {
+            3
+        } else {
+            i as u64
+        };
+        let mut data = vec![0u8; *len];
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        for b in data.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        std::fs::write(&p, data).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode)).unwrap();
+        let f = std::fs::File::options().write(true).open(&p).unwrap();
+        f.set_modified(
+            SystemTime::UNIX_EPOCH + Duration::new(1_600_000_000 + i as u64 * 1000, 123_456_789),
+        )
+        .unwrap();
+    }
+}
+
+fn compare_trees(a: &Path, b: &Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(a).unwrap() {
+        let e = e.unwrap();
+        let pb = b.join(e.file_name());
+        let ma = e.metadata().unwrap();
+        if ma.is_dir() {
+            n += compare_trees(&e.path(), &pb);
+            continue;
+        }
+        let mb = std::fs::metadata(&pb).unwrap_or_else(|_| panic!("missing {}", pb.display()));
+        assert_eq!(
+            std::fs::read(e.path()).unwrap(),
+            std::fs::read(&pb).unwrap(),
+            "{}",
+            pb.display()
+        );
+        assert_eq!(
+            ma.permissions().mode() & 0o7777,
+            mb.permissions().mode() & 0o7777,
+            "mode of {}",
+            pb.display()
+        );
+        assert_eq!(
+            ma.modified().unwrap(),
+            mb.modified().unwrap(),
+            "mtime of {}",
+            pb.display()
+        );
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn directory_round_trip_keeps_bytes_mtime_and_permissions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("repo");
+    let src = tmp.path().join("src");
+    make_tree(&src);
+    let put = json(asheville(
+        &data,
+        "pw",
+        &["--json", "put", src.to_str().unwrap(), "/backup"],
+    ));
+    assert_eq!(put["files"], 6);
+    assert_eq!(put["bytes"], 10_071_012);
+
+    let out = tmp.path().join("out");
+    let got = json(asheville(
+        &data,
+        "pw",
+        &["--json", "get", "/backup", out.to_str().unwrap()],
+    ));
+    assert_eq!(got["files"], 6);
+    assert_eq!(compare_trees(&src, &out), 6);
+    // And back the other way: nothing extra was restored.
+    assert_eq!(compare_trees(&out, &src), 6);
+
+    // A single file, to a chosen name.
+    let one = tmp.path().join("one.bin");
+    ok(asheville(
+        &data,
+        "pw",
+        &["get", "/backup/deep/dup.bin", one.to_str().unwrap()],
+    ));
+    assert_eq!(
+        std::fs::read(&one).unwrap(),
+        std::fs::read(src.join("deep/dup.bin")).unwrap()
+    );
+
+    // ls, stat, versions, rm.
+    let ls = json(asheville(&data, "pw", &["--json", "ls", "/backup"]));
+    let names: Vec<&str> = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "backup/a.txt",
+            "backup/bin",
+            "backup/deep",
+            "backup/empty",
+            "backup/名前 with spaces.txt"
+        ]
+    );
+    let all = json(asheville(
+        &data,
+        "pw",
+        &["--json", "ls", "-R", "--limit", "2"],
+    ));
+    assert_eq!(
+        all.as_array().unwrap().len(),
+        6,
+        "all pages of a recursive listing"
+    );
+    let st = json(asheville(
+        &data,
+        "pw",
+        &["--json", "stat", "/backup/bin/tool"],
+    ));
+    assert_eq!(
+        (st["size"].as_u64(), st["mode"].as_str()),
+        (Some(70_000), Some("755"))
+    );
+    ok(asheville(
+        &data,
+        "pw",
+        &["put", src.join("a.txt").to_str().unwrap(), "/backup/a.txt"],
+    ));
+    let vs = json(asheville(
+        &data,
+        "pw",
+        &["--json", "versions", "/backup/a.txt"],
+    ));
+    assert_eq!(vs.as_array().unwrap().len(), 2);
+    ok(asheville(&data, "pw", &["rm", "/backup/a.txt"]));
+    let e = json_err(asheville(&data, "pw", &["--json", "stat", "/backup/a.txt"]));
+    assert_eq!(e, "not_found");
+
+    // Wrong passphrase: a clear error and exit status 1.
+    assert_eq!(
+        json_err(asheville(&data, "nope", &["--json", "ls"])),
+        "wrong_key"
+    );
+    let o = asheville(&data, "nope", &["ls"]);
+    assert_eq!(o.status.code(), Some(1));
+    let msg = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        msg.contains("passphrase is wrong") && msg.matches("wrong_key").count() == 1,
+        "{msg}"
+    );
+}
+
+fn json_err(o: Output) -> String {
+    assert!(!o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["error"]["kind"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn the_default_repository_needs_nothing_but_a_passphrase() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("asheville-data");
+    let f = tmp.path().join("hello.txt");
+    std::fs::write(&f, b"hello").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_asheville"))
+        .args(["put", f.to_str().unwrap()])
+        .current_dir(tmp.path())
+        .env_remove("ASHEVILLE_DATA")
+        .env("ASHEVILLE_PASSPHRASE", "pw")
+        .env("ASHEVILLE_INSECURE_FAST_KDF", "1")
+        .output()
+        .unwrap();
+    ok(o);
+    assert!(data.join("catalog.redb").exists());
+    for i in 0..3 {
+        assert!(data.join(format!("backend-{i}")).is_dir());
+    }
+    // No passphrase: a clear error telling what to set.
+    let o = Command::new(env!("CARGO_BIN_EXE_asheville"))
+        .args(["ls"])
+        .current_dir(tmp.path())
+        .env_remove("ASHEVILLE_DATA")
+        .env_remove("ASHEVILLE_PASSPHRASE")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("ASHEVILLE_PASSPHRASE"));
+}

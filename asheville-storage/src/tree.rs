@@ -1,0 +1,280 @@
+//! Whole directory trees in and out of a tenant: what the `asheville` CLI's
+//! `put` and `get` run, and what the benchmarks measure.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use futures::StreamExt;
+
+use crate::catalog::{Entry, FileVersion};
+use crate::error::{Error, ErrorKind, Result};
+use crate::path::RepoPath;
+use crate::repository::Tenant;
+
+/// Progress of a long operation; every method has a no-op default.
+pub trait Progress: Send + Sync {
+    /// The work ahead, once known.
+    fn start(&self, _files: u64, _bytes: u64) {}
+    /// One more file done, of `bytes` bytes.
+    fn file_done(&self, _path: &str, _bytes: u64) {}
+    /// A file was skipped (not a regular file, or unreadable).
+    fn skipped(&self, _path: &str, _why: &str) {}
+}
+
+/// No progress reporting.
+#[derive(Debug, Default)]
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// What a tree operation did.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct TreeReport {
+    /// Files stored or restored.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Paths skipped, with the reason.
+    pub skipped: Vec<(String, String)>,
+    /// Wall time in seconds.
+    pub seconds: f64,
+}
+
+/// How [`put_tree`] batches commits.
+#[derive(Debug, Clone, Copy)]
+pub struct PutOptions {
+    /// Commit after this many files...
+    pub batch_files: usize,
+    /// ...or this many bytes, whichever comes first. A crash loses at most
+    /// the uncommitted batch; everything committed before stays.
+    pub batch_bytes: u64,
+}
+
+impl Default for PutOptions {
+    fn default() -> Self {
+        PutOptions {
+            batch_files: 10_000,
+            batch_bytes: 1 << 30,
+        }
+    }
+}
+
+fn walk(
+    root: &Path,
+    rel: &Path,
+    out: &mut Vec<(PathBuf, u64)>,
+    skipped: &mut Vec<(String, String)>,
+) -> Result<()> {
+    let dir = root.join(rel);
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .map_err(|e| Error::io("cannot read directory", e).with_context("dir", dir.display()))?
+        .collect::<std::io::Result<_>>()
+        .map_err(|e| Error::io("cannot read directory", e).with_context("dir", dir.display()))?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let rel_child = rel.join(e.file_name());
+        let ft = e.file_type().map_err(|err| {
+            Error::io("cannot stat", err).with_context("path", e.path().display())
+        })?;
+        if ft.is_dir() {
+            walk(root, &rel_child, out, skipped)?;
+        } else if ft.is_file() {
+            let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+            out.push((rel_child, len));
+        } else {
+            skipped.push((
+                rel_child.display().to_string(),
+                "not a regular file (symlink, socket, device)".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn remote_for(remote_root: &RepoPath, rel: &Path) -> Result<String> {
+    let rel = rel.to_str().ok_or_else(|| {
+        Error::new(ErrorKind::InvalidInput, "file name is not valid UTF-8")
+            .with_context("path", rel.display())
+    })?;
+    Ok(if remote_root.is_root() {
+        rel.to_owned()
+    } else {
+        format!("{}/{rel}", remote_root.as_str())
+    })
+}
+
+/// Stores `local` (a file or a directory, recursively) under `remote`.
+/// A file goes to `remote` itself; a directory's files go below it.
+pub async fn put_tree(
+    t: &Tenant,
+    local: &Path,
+    remote: &str,
+    opts: PutOptions,
+    progress: &dyn Progress,
+) -> Result<TreeReport> {
+    let started = Instant::now();
+    let remote_root = RepoPath::parse(remote)?;
+    let meta = std::fs::metadata(local)
+        .map_err(|e| Error::io("cannot stat", e).with_context("path", local.display()))?;
+    let mut report = TreeReport::default();
+    let (root, files) = if meta.is_dir() {
+        let mut files = Vec::new();
+        walk(local, Path::new(""), &mut files, &mut report.skipped)?;
+        (local.to_path_buf(), files)
+    } else {
+        if remote_root.is_root() {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "give a remote path for a single file",
+            ));
+        }
+        let parent = local.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let name = PathBuf::from(local.file_name().unwrap_or_default());
+        (parent, vec![(name, meta.len())])
+    };
+    for (p, why) in &report.skipped {
+        progress.skipped(p, why);
+    }
+    progress.start(files.len() as u64, files.iter().map(|f| f.1).sum());
+    let single = !meta.is_dir();
+    let mut batch = t.batch();
+    let mut done: Vec<(String, u64)> = Vec::new();
+    for (rel, _) in &files {
+        let remote_path = if single {
+            remote_root.as_str().to_owned()
+        } else {
+            remote_for(&remote_root, rel)?
+        };
+        let before = batch.bytes();
+        batch.add_path(&remote_path, &root.join(rel)).await?;
+        done.push((remote_path, batch.bytes() - before));
+        if batch.len() >= opts.batch_files || batch.bytes() >= opts.batch_bytes {
+            std::mem::replace(&mut batch, t.batch()).commit().await?;
+            finish(&mut report, &mut done, progress);
+        }
+    }
+    batch.commit().await?;
+    finish(&mut report, &mut done, progress);
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Counts the files of a batch once it has committed.
+fn finish(report: &mut TreeReport, done: &mut Vec<(String, u64)>, progress: &dyn Progress) {
+    for (p, b) in done.drain(..) {
+        report.files += 1;
+        report.bytes += b;
+        progress.file_done(&p, b);
+    }
+}
+
+/// Restores `remote` (a file or a directory tree) to `local`, with each
+/// file's mtime and permissions. Files are written to a temporary name and
+/// renamed, so a failed restore never leaves a half-written file under the
+/// real name.
+pub async fn get_tree(
+    t: &Tenant,
+    remote: &str,
+    local: &Path,
+    progress: &dyn Progress,
+) -> Result<TreeReport> {
+    let started = Instant::now();
+    let root = RepoPath::parse(remote)?;
+    let mut report = TreeReport::default();
+    // A single file?
+    if !root.is_root()
+        && let Ok(fv) = t.stat(root.as_str())
+    {
+        progress.start(1, fv.size);
+        restore_file(t, &fv, local).await?;
+        progress.file_done(&fv.path, fv.size);
+        report.files = 1;
+        report.bytes = fv.size;
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+    let mut files = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = t.list(root.as_str(), usize::MAX, cursor.as_deref(), 5_000)?;
+        for e in page.entries {
+            if let Entry::File { path, size, .. } = e {
+                files.push((path, size));
+            }
+        }
+        cursor = page.cursor;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    if files.is_empty() {
+        return Err(
+            Error::new(ErrorKind::NotFound, "nothing at this path").with_context("path", &root)
+        );
+    }
+    progress.start(files.len() as u64, files.iter().map(|f| f.1).sum());
+    let prefix_len = if root.is_root() {
+        0
+    } else {
+        root.as_str().len() + 1
+    };
+    let mut results = futures::stream::iter(files.into_iter().map(|(path, _)| {
+        let dest = local.join(&path[prefix_len..]);
+        async move {
+            let fv = t.stat(&path)?;
+            restore_file(t, &fv, &dest).await?;
+            Ok::<_, Error>(fv)
+        }
+    }))
+    .buffer_unordered(8);
+    while let Some(r) = results.next().await {
+        let fv = r?;
+        report.files += 1;
+        report.bytes += fv.size;
+        progress.file_done(&fv.path, fv.size);
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+async fn restore_file(t: &Tenant, fv: &FileVersion, dest: &Path) -> Result<()> {
+    if let Some(parent) = dest.parent() {
+        tokio::fs::create_dir_all(parent).await.map_err(|e| {
+            Error::io("cannot create directory", e).with_context("dir", parent.display())
+        })?;
+    }
+    let tmp = dest.with_file_name(format!(
+        ".{}.asheville-partial",
+        dest.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    ));
+    let f = tokio::fs::File::create(&tmp)
+        .await
+        .map_err(|e| Error::io("cannot create file", e).with_context("file", tmp.display()))?;
+    let mut w = tokio::io::BufWriter::with_capacity(1 << 20, f);
+    let r = t.get_version(&fv.path, fv.version, &mut w).await;
+    if let Err(e) = r {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(e);
+    }
+    let f = w.into_inner().into_std().await;
+    let mtime = UNIX_EPOCH + Duration::from_nanos(fv.meta.mtime_ns.max(0) as u64);
+    let tmp2 = tmp.clone();
+    let mode = fv.meta.mode;
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        f.set_modified(mtime)?;
+        #[cfg(unix)]
+        if mode != 0 {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&tmp2, std::fs::Permissions::from_mode(mode))?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| Error::new(ErrorKind::Other, "background task failed").set_source(e))?
+    .map_err(|e| Error::io("cannot set file metadata", e).with_context("file", tmp.display()))?;
+    tokio::fs::rename(&tmp, dest).await.map_err(|e| {
+        Error::io("cannot move restored file into place", e).with_context("file", dest.display())
+    })?;
+    Ok(())
+}
