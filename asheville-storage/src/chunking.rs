@@ -11,6 +11,9 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::error::{Error, Result};
 
+/// Smallest spare room offered to a read.
+const READ_STEP: usize = 64 << 10;
+
 /// Yields chunks of an async stream.
 pub struct AsyncChunker<R> {
     reader: R,
@@ -44,22 +47,20 @@ impl<R: AsyncRead + Unpin> AsyncChunker<R> {
                 return Ok(None);
             }
             // Fill to 2 × max so that each round yields several chunks.
+            // The buffer grows with what is read (no zero-filling), so a
+            // small file costs memory of its own size, not 2 × max.
             while !self.eof && self.buf.len() < 2 * max {
-                let start = self.buf.len();
-                self.buf.resize(2 * max, 0);
+                if self.buf.capacity() - self.buf.len() < READ_STEP {
+                    let want = (self.buf.len().max(READ_STEP))
+                        .min(2 * max - self.buf.len())
+                        .max(READ_STEP);
+                    self.buf.reserve(want);
+                }
                 let n = self
                     .reader
-                    .read(&mut self.buf[start..])
+                    .read_buf(&mut self.buf)
                     .await
-                    .map_err(|e| Error::io("reading the input failed", e));
-                let n = match n {
-                    Ok(n) => n,
-                    Err(e) => {
-                        self.buf.truncate(start);
-                        return Err(e);
-                    }
-                };
-                self.buf.truncate(start + n);
+                    .map_err(|e| Error::io("reading the input failed", e))?;
                 if n == 0 {
                     self.eof = true;
                 }

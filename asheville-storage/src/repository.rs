@@ -66,6 +66,10 @@ fn validate_tenant(name: &str) -> Result<()> {
     }
 }
 
+/// Local files up to this size are read (and restored) whole in one
+/// blocking call; larger ones stream with bounded memory.
+pub const WHOLE_FILE_LIMIT: u64 = 8 << 20;
+
 /// Object key of shard `i` of a pack.
 pub fn shard_key(pack: &PackId, i: usize) -> String {
     let h = pack.to_hex();
@@ -497,20 +501,39 @@ impl Batch<'_> {
     }
 
     /// Adds the local file at `local` with its mtime and permissions.
+    /// Files up to [`WHOLE_FILE_LIMIT`] are read in one blocking call
+    /// (one thread hop instead of one per read); larger ones stream.
     pub async fn add_path(&mut self, path: &str, local: &Path) -> Result<()> {
-        let f = tokio::fs::File::open(local).await.map_err(|e| {
-            Error::io("cannot open local file", e).with_context("file", local.display())
-        })?;
-        let m = f
-            .metadata()
-            .await
-            .map_err(|e| Error::io("cannot stat local file", e))?;
-        self.add(
-            path,
-            tokio::io::BufReader::with_capacity(256 << 10, f),
-            local_meta(&m),
-        )
+        let owned = local.to_path_buf();
+        let opened = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+            use std::io::Read;
+            let mut f = std::fs::File::open(&owned)?;
+            let m = f.metadata()?;
+            if m.len() <= WHOLE_FILE_LIMIT {
+                let mut data = Vec::with_capacity(m.len() as usize);
+                f.read_to_end(&mut data)?;
+                Ok((m, Ok(data)))
+            } else {
+                Ok((m, Err(f)))
+            }
+        })
         .await
+        .map_err(join_err)?
+        .map_err(|e| {
+            Error::io("cannot read local file", e).with_context("file", local.display())
+        })?;
+        match opened {
+            (m, Ok(data)) => self.add(path, &data[..], local_meta(&m)).await,
+            (m, Err(f)) => {
+                let f = tokio::fs::File::from_std(f);
+                self.add(
+                    path,
+                    tokio::io::BufReader::with_capacity(4 << 20, f),
+                    local_meta(&m),
+                )
+                .await
+            }
+        }
     }
 
     /// Files added so far.

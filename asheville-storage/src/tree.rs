@@ -9,7 +9,7 @@ use futures::StreamExt;
 use crate::catalog::{Entry, FileVersion};
 use crate::error::{Error, ErrorKind, Result};
 use crate::path::RepoPath;
-use crate::repository::Tenant;
+use crate::repository::{Tenant, WHOLE_FILE_LIMIT};
 
 /// Progress of a long operation; every method has a no-op default.
 pub trait Progress: Send + Sync {
@@ -237,44 +237,68 @@ pub async fn get_tree(
 }
 
 async fn restore_file(t: &Tenant, fv: &FileVersion, dest: &Path) -> Result<()> {
-    if let Some(parent) = dest.parent() {
-        tokio::fs::create_dir_all(parent).await.map_err(|e| {
-            Error::io("cannot create directory", e).with_context("dir", parent.display())
-        })?;
-    }
     let tmp = dest.with_file_name(format!(
         ".{}.asheville-partial",
         dest.file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     ));
-    let f = tokio::fs::File::create(&tmp)
-        .await
-        .map_err(|e| Error::io("cannot create file", e).with_context("file", tmp.display()))?;
-    let mut w = tokio::io::BufWriter::with_capacity(1 << 20, f);
-    let r = t.get_version(&fv.path, fv.version, &mut w).await;
-    if let Err(e) = r {
-        let _ = tokio::fs::remove_file(&tmp).await;
-        return Err(e);
-    }
-    let f = w.into_inner().into_std().await;
     let mtime = UNIX_EPOCH + Duration::from_nanos(fv.meta.mtime_ns.max(0) as u64);
-    let tmp2 = tmp.clone();
     let mode = fv.meta.mode;
-    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        f.set_modified(mtime)?;
+    let tmp_c = tmp.clone();
+    // Small files: read into memory, then create, write, set metadata and
+    // rename in one blocking call. Large files stream through a BufWriter.
+    let file = if fv.size <= WHOLE_FILE_LIMIT {
+        let mut data = Vec::with_capacity(fv.size as usize);
+        t.get_version(&fv.path, fv.version, &mut data).await?;
+        let parent = dest.parent().map(Path::to_path_buf);
+        blocking(move || {
+            if let Some(parent) = parent {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&tmp_c, &data)?;
+            std::fs::File::options().write(true).open(&tmp_c)
+        })
+        .await
+    } else {
+        if let Some(parent) = dest.parent() {
+            tokio::fs::create_dir_all(parent).await.map_err(|e| {
+                Error::io("cannot create directory", e).with_context("dir", parent.display())
+            })?;
+        }
+        let f = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| Error::io("cannot create file", e).with_context("file", tmp.display()))?;
+        let mut w = tokio::io::BufWriter::with_capacity(4 << 20, f);
+        if let Err(e) = t.get_version(&fv.path, fv.version, &mut w).await {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e);
+        }
+        Ok(w.into_inner().into_std().await)
+    };
+    let file =
+        file.map_err(|e| Error::io("cannot write file", e).with_context("file", tmp.display()))?;
+    let (tmp_c, dest_c) = (tmp.clone(), dest.to_path_buf());
+    blocking(move || {
+        file.set_modified(mtime)?;
         #[cfg(unix)]
         if mode != 0 {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&tmp2, std::fs::Permissions::from_mode(mode))?;
+            std::fs::set_permissions(&tmp_c, std::fs::Permissions::from_mode(mode))?;
         }
-        Ok(())
+        std::fs::rename(&tmp_c, &dest_c)
     })
     .await
-    .map_err(|e| Error::new(ErrorKind::Other, "background task failed").set_source(e))?
-    .map_err(|e| Error::io("cannot set file metadata", e).with_context("file", tmp.display()))?;
-    tokio::fs::rename(&tmp, dest).await.map_err(|e| {
-        Error::io("cannot move restored file into place", e).with_context("file", dest.display())
-    })?;
-    Ok(())
+    .map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io("cannot finish restored file", e).with_context("file", dest.display())
+    })
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }

@@ -1,0 +1,214 @@
+//! Whole-repository benchmark: put and get of a mixed directory.
+//!
+//! `cargo bench -p asheville-benches --bench repo`
+//!
+//! The dataset (fixed seed, cached in `target/bench-data/`): large random
+//! files of 1–64 MiB, many small files of 1–16 KiB (half text, half
+//! random), and duplicated copies of some large files. About 1 GiB at
+//! `ASHEVILLE_BENCH_SCALE=1` (the default). Runs `rs(4,2)` over 6 local
+//! backends in a temp dir, and `none` over 1 for comparison. Peak RSS is
+//! VmHWM of this process, reset before each phase.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use asheville_benches::{random_data, text_data};
+use asheville_core::KdfParams;
+use asheville_storage::tree::{self, NoProgress, PutOptions};
+use asheville_storage::{RepoConfig, Repository, TenantKey};
+
+fn env_f(name: &str, default: f64) -> f64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+}
+
+/// Makes (or reuses) the dataset; returns its root, file count and bytes.
+fn dataset(scale: f64) -> std::io::Result<(PathBuf, u64, u64)> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../target/bench-data/mixed-{scale}"));
+    let done = root.with_extension("complete");
+    let (mut files, mut bytes) = (0u64, 0u64);
+    if !done.exists() {
+        let _ = std::fs::remove_dir_all(&root);
+        let mut rng = Rng(0x5eed);
+        let large_budget = (600.0 * scale * (1 << 20) as f64) as u64;
+        let mut large = Vec::new();
+        let mut used = 0;
+        let mut i = 0;
+        while used < large_budget {
+            let len = rng
+                .range(1 << 20, 64 << 20)
+                .min(large_budget - used + (1 << 20));
+            let p = root.join(format!("large/{:02}/file-{i:04}.bin", i % 7));
+            std::fs::create_dir_all(p.parent().unwrap_or(&root))?;
+            std::fs::write(&p, random_data(len as usize, rng.next()))?;
+            large.push(p);
+            used += len;
+            i += 1;
+        }
+        let small = (20_000.0 * scale) as u64;
+        for j in 0..small {
+            let len = rng.range(1 << 10, 16 << 10) as usize;
+            let data = if j % 2 == 0 {
+                text_data(len, rng.next())
+            } else {
+                random_data(len, rng.next())
+            };
+            let p = root.join(format!(
+                "small/{:03}/f{j:05}.{}",
+                j / 200,
+                if j % 2 == 0 { "txt" } else { "bin" }
+            ));
+            std::fs::create_dir_all(p.parent().unwrap_or(&root))?;
+            std::fs::write(&p, data)?;
+        }
+        let dup_budget = (200.0 * scale * (1 << 20) as f64) as u64;
+        let mut dup = 0;
+        let mut k = 0;
+        while dup < dup_budget && !large.is_empty() {
+            let src = &large[k % large.len()];
+            let p = root.join(format!("dups/copy-{k:03}.bin"));
+            std::fs::create_dir_all(p.parent().unwrap_or(&root))?;
+            dup += std::fs::copy(src, &p)?;
+            k += 1;
+        }
+        std::fs::write(&done, b"")?;
+    }
+    count(&root, &mut files, &mut bytes)?;
+    Ok((root, files, bytes))
+}
+
+fn count(p: &Path, files: &mut u64, bytes: &mut u64) -> std::io::Result<()> {
+    for e in std::fs::read_dir(p)? {
+        let e = e?;
+        let m = e.metadata()?;
+        if m.is_dir() {
+            count(&e.path(), files, bytes)?;
+        } else {
+            *files += 1;
+            *bytes += m.len();
+        }
+    }
+    Ok(())
+}
+
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn dir_size(p: &Path) -> u64 {
+    let (mut f, mut b) = (0, 0);
+    let _ = count(p, &mut f, &mut b);
+    b
+}
+
+/// Reads every file once, so that runs start from a warm page cache (as
+/// the peers benchmark does).
+fn warm_page_cache(p: &Path) -> std::io::Result<()> {
+    for e in std::fs::read_dir(p)? {
+        let e = e?;
+        if e.metadata()?.is_dir() {
+            warm_page_cache(&e.path())?;
+        } else {
+            std::hint::black_box(std::fs::read(e.path())?.len());
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let scale = env_f("ASHEVILLE_BENCH_SCALE", 1.0);
+    let t0 = Instant::now();
+    let (src, files, bytes) = dataset(scale)?;
+    warm_page_cache(&src)?;
+    eprintln!(
+        "dataset: {files} files, {:.0} MiB ({:.1} s to prepare)",
+        bytes as f64 / 1048576.0,
+        t0.elapsed().as_secs_f64()
+    );
+    println!();
+    println!(
+        "| redundancy | backends | put MB/s | put files/s | put peak RSS MiB | get MB/s | get files/s | get peak RSS MiB | stored MiB |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (policy, n) in [("rs(4,2)", 6usize), ("none", 1)] {
+        let work = tempfile_dir()?;
+        let mut config = RepoConfig::local(work.join("repo"), n, policy.parse()?);
+        config.kdf = KdfParams::INSECURE_FAST_FOR_TESTS;
+        config.cache_bytes = 0;
+        let repo = Repository::create(&work.join("repo/catalog.redb"), config).await?;
+        let t = repo
+            .create_tenant("bench", TenantKey::Passphrase("bench".into()))
+            .await?;
+        reset_peak_rss();
+        let put = tree::put_tree(&t, &src, "data", PutOptions::default(), &NoProgress).await?;
+        let put_rss = peak_rss_mib();
+        let out = work.join("restored");
+        reset_peak_rss();
+        let get = tree::get_tree(&t, "data", &out, &NoProgress).await?;
+        let get_rss = peak_rss_mib();
+        assert_eq!(
+            (get.files, get.bytes),
+            (files, bytes),
+            "restore is complete"
+        );
+        let stored = dir_size(&work.join("repo"));
+        println!(
+            "| {policy} | {n} | {:.0} | {:.0} | {put_rss:.0} | {:.0} | {:.0} | {get_rss:.0} | {:.0} |",
+            put.bytes as f64 / put.seconds / 1e6,
+            put.files as f64 / put.seconds,
+            get.bytes as f64 / get.seconds / 1e6,
+            get.files as f64 / get.seconds,
+            stored as f64 / 1048576.0,
+        );
+        drop((t, repo));
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    println!();
+    Ok(())
+}
+
+fn tempfile_dir() -> std::io::Result<PathBuf> {
+    let p = std::env::temp_dir().join(format!(
+        "asheville-bench-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&p)?;
+    Ok(p)
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
