@@ -66,6 +66,9 @@ enum Cmd {
         local: PathBuf,
         /// Where in the repository (default: the local name).
         remote: Option<String>,
+        /// Commit after this many files (a crash loses at most one batch).
+        #[arg(long, default_value_t = 10_000)]
+        batch_files: usize,
     },
     /// Restore a file or a directory tree.
     Get {
@@ -244,7 +247,11 @@ async fn run(cli: &Cli) -> Result<(), Error> {
                 );
             }
         }
-        Cmd::Put { local, remote } => {
+        Cmd::Put {
+            local,
+            remote,
+            batch_files,
+        } => {
             let t = open(cli, true).await?;
             let remote = match remote {
                 Some(r) => r.clone(),
@@ -255,7 +262,11 @@ async fn run(cli: &Cli) -> Result<(), Error> {
                     .ok_or_else(|| Error::new(ErrorKind::InvalidInput, "give a remote path"))?,
             };
             let bar = Bar::new(cli.json);
-            let r = tree::put_tree(&t, local, &remote, PutOptions::default(), &bar).await?;
+            let opts = PutOptions {
+                batch_files: (*batch_files).max(1),
+                ..PutOptions::default()
+            };
+            let r = tree::put_tree(&t, local, &remote, opts, &bar).await?;
             bar.0.finish_and_clear();
             if cli.json {
                 print_json(

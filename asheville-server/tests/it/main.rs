@@ -1,6 +1,8 @@
 //! End-to-end tests of the `asheville` binary.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on failure
 
+mod crash;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
