@@ -70,6 +70,53 @@ fn validate_tenant(name: &str) -> Result<()> {
 /// blocking call; larger ones stream with bounded memory.
 pub const WHOLE_FILE_LIMIT: u64 = 8 << 20;
 
+/// Local files up to this size are read whole, in one blocking call, by
+/// [`LocalFile::open`]; larger ones stream.
+pub const READ_WHOLE_LIMIT: u64 = 1 << 20;
+
+/// A local file opened for a [`Batch`]: small ones already read.
+#[derive(Debug)]
+pub enum LocalFile {
+    /// Read whole.
+    Whole {
+        /// Its metadata.
+        meta: FileMeta,
+        /// Its bytes.
+        data: Vec<u8>,
+    },
+    /// Open, to be streamed.
+    Stream {
+        /// Its metadata.
+        meta: FileMeta,
+        /// The open file.
+        file: std::fs::File,
+    },
+}
+
+impl LocalFile {
+    /// Opens `path` (and reads it if it is at most [`READ_WHOLE_LIMIT`])
+    /// in one blocking call.
+    pub async fn open(path: std::path::PathBuf) -> Result<LocalFile> {
+        let shown = path.display().to_string();
+        tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+            use std::io::Read;
+            let mut f = std::fs::File::open(&path)?;
+            let m = f.metadata()?;
+            let meta = local_meta(&m);
+            if m.len() <= READ_WHOLE_LIMIT {
+                let mut data = Vec::with_capacity(m.len() as usize);
+                f.read_to_end(&mut data)?;
+                Ok(LocalFile::Whole { meta, data })
+            } else {
+                Ok(LocalFile::Stream { meta, file: f })
+            }
+        })
+        .await
+        .map_err(join_err)?
+        .map_err(|e| Error::io("cannot read local file", e).with_context("file", shown))
+    }
+}
+
 /// Object key of shard `i` of a pack.
 pub fn shard_key(pack: &PackId, i: usize) -> String {
     let h = pack.to_hex();
@@ -84,6 +131,9 @@ struct Inner {
     codec: Arc<Codec>,
     catalog: Arc<dyn Catalog>,
     cache: ReadCache,
+    /// Pack records are immutable once committed: cached without bound on
+    /// staleness (a few hundred bytes each; cleared when it grows large).
+    packs: std::sync::Mutex<HashMap<PackId, Arc<PackRecord>>>,
 }
 
 /// A repository: backends, a catalog, and tenants inside.
@@ -200,8 +250,27 @@ impl Repository {
                 codec,
                 catalog,
                 cache,
+                packs: Default::default(),
             }),
         })
+    }
+
+    /// A committed pack's record (cached: records never change).
+    fn pack_record(&self, id: &PackId) -> Result<Arc<PackRecord>> {
+        let lock = || self.inner.packs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = lock().get(id) {
+            return Ok(p.clone());
+        }
+        let rec = self.inner.catalog.pack(id)?.ok_or_else(|| {
+            Error::new(ErrorKind::Integrity, "pack missing from the catalog").with_context("pack", id)
+        })?;
+        let rec = Arc::new(rec);
+        let mut map = lock();
+        if map.len() >= 100_000 {
+            map.clear();
+        }
+        map.insert(*id, rec.clone());
+        Ok(rec)
     }
 
     /// The configuration.
@@ -501,37 +570,19 @@ impl Batch<'_> {
     }
 
     /// Adds the local file at `local` with its mtime and permissions.
-    /// Files up to [`WHOLE_FILE_LIMIT`] are read in one blocking call
-    /// (one thread hop instead of one per read); larger ones stream.
     pub async fn add_path(&mut self, path: &str, local: &Path) -> Result<()> {
-        let owned = local.to_path_buf();
-        let opened = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
-            use std::io::Read;
-            let mut f = std::fs::File::open(&owned)?;
-            let m = f.metadata()?;
-            if m.len() <= WHOLE_FILE_LIMIT {
-                let mut data = Vec::with_capacity(m.len() as usize);
-                f.read_to_end(&mut data)?;
-                Ok((m, Ok(data)))
-            } else {
-                Ok((m, Err(f)))
-            }
-        })
-        .await
-        .map_err(join_err)?
-        .map_err(|e| {
-            Error::io("cannot read local file", e).with_context("file", local.display())
-        })?;
-        match opened {
-            (m, Ok(data)) => self.add(path, &data[..], local_meta(&m)).await,
-            (m, Err(f)) => {
-                let f = tokio::fs::File::from_std(f);
-                self.add(
-                    path,
-                    tokio::io::BufReader::with_capacity(4 << 20, f),
-                    local_meta(&m),
-                )
-                .await
+        let opened = LocalFile::open(local.to_path_buf()).await?;
+        self.add_local(path, opened).await
+    }
+
+    /// Adds a file opened with [`LocalFile::open`] (which callers may run
+    /// ahead, concurrently, to hide the latency of opening many files).
+    pub async fn add_local(&mut self, path: &str, file: LocalFile) -> Result<()> {
+        match file {
+            LocalFile::Whole { meta, data, .. } => self.add(path, &data[..], meta).await,
+            LocalFile::Stream { meta, file, .. } => {
+                let f = tokio::fs::File::from_std(file);
+                self.add(path, tokio::io::BufReader::with_capacity(4 << 20, f), meta).await
             }
         }
     }
@@ -846,10 +897,7 @@ impl Tenant {
             Error::new(ErrorKind::Integrity, "chunk missing from the catalog")
                 .with_context("chunk", c.id)
         })?;
-        let pack = inner.catalog.pack(&loc.pack)?.ok_or_else(|| {
-            Error::new(ErrorKind::Integrity, "pack missing from the catalog")
-                .with_context("pack", loc.pack)
-        })?;
+        let pack = self.repo.pack_record(&loc.pack)?;
         let fast = match self.read_blob_direct(&pack, &loc).await {
             Ok(blob) => self.sealer.open(&c.id, &blob).map_err(Error::from),
             Err(e) => Err(e),

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use crate::catalog::{Entry, FileVersion};
 use crate::error::{Error, ErrorKind, Result};
 use crate::path::RepoPath;
-use crate::repository::{Tenant, WHOLE_FILE_LIMIT};
+use crate::repository::{LocalFile, Tenant, WHOLE_FILE_LIMIT};
 
 /// Progress of a long operation; every method has a no-op default.
 pub trait Progress: Send + Sync {
@@ -138,14 +138,17 @@ pub async fn put_tree(
     let single = !meta.is_dir();
     let mut batch = t.batch();
     let mut done: Vec<(String, u64)> = Vec::new();
+    // Open (and read, when small) up to 16 files ahead of the one being
+    // chunked, so that many small files do not wait on one thread hop each.
+    let mut opened = futures::stream::iter(files.iter().map(|(rel, _)| LocalFile::open(root.join(rel)))).buffered(16);
     for (rel, _) in &files {
-        let remote_path = if single {
-            remote_root.as_str().to_owned()
-        } else {
-            remote_for(&remote_root, rel)?
-        };
+        let remote_path = if single { remote_root.as_str().to_owned() } else { remote_for(&remote_root, rel)? };
+        let file = opened
+            .next()
+            .await
+            .ok_or_else(|| Error::new(ErrorKind::Other, "read-ahead ended early"))??;
         let before = batch.bytes();
-        batch.add_path(&remote_path, &root.join(rel)).await?;
+        batch.add_local(&remote_path, file).await?;
         done.push((remote_path, batch.bytes() - before));
         if batch.len() >= opts.batch_files || batch.bytes() >= opts.batch_bytes {
             std::mem::replace(&mut batch, t.batch()).commit().await?;
@@ -225,7 +228,7 @@ pub async fn get_tree(
             Ok::<_, Error>(fv)
         }
     }))
-    .buffer_unordered(8);
+    .buffer_unordered(16);
     while let Some(r) = results.next().await {
         let fv = r?;
         report.files += 1;
