@@ -79,6 +79,7 @@ impl RepoConfig {
                     domain: None,
                     kind: BackendKind::Local {
                         path: dir.join(format!("backend-{i}")),
+                        fsync: true,
                     },
                 })
                 .collect(),

@@ -262,7 +262,8 @@ impl Repository {
             return Ok(p.clone());
         }
         let rec = self.inner.catalog.pack(id)?.ok_or_else(|| {
-            Error::new(ErrorKind::Integrity, "pack missing from the catalog").with_context("pack", id)
+            Error::new(ErrorKind::Integrity, "pack missing from the catalog")
+                .with_context("pack", id)
         })?;
         let rec = Arc::new(rec);
         let mut map = lock();
@@ -582,7 +583,8 @@ impl Batch<'_> {
             LocalFile::Whole { meta, data, .. } => self.add(path, &data[..], meta).await,
             LocalFile::Stream { meta, file, .. } => {
                 let f = tokio::fs::File::from_std(file);
-                self.add(path, tokio::io::BufReader::with_capacity(4 << 20, f), meta).await
+                self.add(path, tokio::io::BufReader::with_capacity(4 << 20, f), meta)
+                    .await
             }
         }
     }

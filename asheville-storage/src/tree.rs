@@ -140,9 +140,15 @@ pub async fn put_tree(
     let mut done: Vec<(String, u64)> = Vec::new();
     // Open (and read, when small) up to 16 files ahead of the one being
     // chunked, so that many small files do not wait on one thread hop each.
-    let mut opened = futures::stream::iter(files.iter().map(|(rel, _)| LocalFile::open(root.join(rel)))).buffered(16);
+    let mut opened =
+        futures::stream::iter(files.iter().map(|(rel, _)| LocalFile::open(root.join(rel))))
+            .buffered(16);
     for (rel, _) in &files {
-        let remote_path = if single { remote_root.as_str().to_owned() } else { remote_for(&remote_root, rel)? };
+        let remote_path = if single {
+            remote_root.as_str().to_owned()
+        } else {
+            remote_for(&remote_root, rel)?
+        };
         let file = opened
             .next()
             .await

@@ -37,6 +37,10 @@ pub struct S3Config {
     pub max_retries: usize,
 }
 
+fn yes() -> bool {
+    true
+}
+
 fn default_retries() -> usize {
     5
 }
@@ -49,6 +53,11 @@ pub enum BackendKind {
     Local {
         /// Directory (created if missing).
         path: PathBuf,
+        /// `fsync` every object and its directory before a write returns
+        /// (default `true`): without it an acknowledged write can be lost
+        /// to a power cut. Turn off only for scratch data.
+        #[serde(default = "yes")]
+        fsync: bool,
     },
     /// Process memory (lost on exit; for tests and caches).
     Memory,
@@ -59,7 +68,9 @@ pub enum BackendKind {
 impl std::fmt::Debug for BackendKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            BackendKind::Local { path } => write!(f, "Local({})", path.display()),
+            BackendKind::Local { path, fsync } => {
+                write!(f, "Local({}, fsync={fsync})", path.display())
+            }
             BackendKind::Memory => f.write_str("Memory"),
             BackendKind::S3(c) => write!(
                 f,
@@ -101,14 +112,15 @@ impl ObjectStoreBackend {
                 .set_source(e)
         };
         match kind {
-            BackendKind::Local { path } => {
+            BackendKind::Local { path, fsync } => {
                 std::fs::create_dir_all(path).map_err(|e| {
                     Error::io("cannot create backend directory", e)
                         .with_context("backend", name)
                         .with_context("path", path.display())
                 })?;
-                let store =
-                    object_store::local::LocalFileSystem::new_with_prefix(path).map_err(err)?;
+                let store = object_store::local::LocalFileSystem::new_with_prefix(path)
+                    .map_err(err)?
+                    .with_fsync(*fsync);
                 Ok(Self::new(name, Arc::new(store)))
             }
             BackendKind::Memory => Ok(Self::new(

@@ -15,6 +15,7 @@ async fn local_backend_conforms() {
         "local",
         &BackendKind::Local {
             path: dir.path().join("store"),
+            fsync: true,
         },
     )
     .unwrap();
