@@ -17,6 +17,10 @@ use asheville_core::KdfParams;
 use asheville_storage::tree::{self, NoProgress, PutOptions};
 use asheville_storage::{RepoConfig, Repository, TenantKey};
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn env_f(name: &str, default: f64) -> f64 {
     std::env::var(name)
         .ok()
@@ -143,8 +147,12 @@ fn warm_page_cache(p: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // The same runtime shape as the `asheville` CLI.
+    asheville_storage::runtime()?.block_on(run())
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let scale = env_f("ASHEVILLE_BENCH_SCALE", 1.0);
     let t0 = Instant::now();
     let (src, files, bytes) = dataset(scale)?;

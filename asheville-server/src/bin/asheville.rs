@@ -383,10 +383,13 @@ async fn run(cli: &Cli) -> Result<(), Error> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(&cli).await {
+    let result = match asheville_storage::runtime() {
+        Ok(rt) => rt.block_on(run(&cli)),
+        Err(e) => Err(Error::io("cannot start the async runtime", e)),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if cli.json {
