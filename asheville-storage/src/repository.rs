@@ -296,7 +296,7 @@ impl Repository {
 
     /// Creates a tenant with its own keys and namespace. With a passphrase,
     /// a new random master key is made and stored wrapped (Argon2id) in the
-    /// catalog and, as `keys/<tenant>`, on every backend.
+    /// catalog and, as `keys/<tenant>/<hash>`, on every backend.
     pub async fn create_tenant(&self, name: &str, key: TenantKey) -> Result<Tenant> {
         validate_tenant(name)?;
         if self.inner.catalog.tenant(name)?.is_some() {
@@ -315,9 +315,12 @@ impl Repository {
                         .await
                         .map_err(join_err)??;
                 let bytes = kf.to_bytes().to_vec();
+                // Named by content: two racing creators never overwrite each
+                // other's key file; the catalog insert below decides which
+                // one the tenant uses, and a catalog rebuild tries each.
+                let key = format!("keys/{name}/{}", &blake3::hash(&bytes).to_hex()[..16]);
                 for b in &self.inner.backends {
-                    b.put(&format!("keys/{name}"), vec![Bytes::from(bytes.clone())])
-                        .await?;
+                    b.put(&key, vec![Bytes::from(bytes.clone())]).await?;
                 }
                 (master, TenantRecord::Wrapped(bytes))
             }

@@ -212,6 +212,25 @@ async fn tenants_are_isolated() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::WrongKey);
     repo.tenant("b", TenantKey::Raw(key)).await.unwrap();
+    // A passphrase tenant's wrapped key is on every backend (so the catalog
+    // can be rebuilt from backends alone); a raw-key tenant stores no key.
+    for backend in repo.backends() {
+        let keys = asheville_storage::Backend::list(backend.as_ref(), "keys/a/", None, 10)
+            .await
+            .unwrap();
+        assert_eq!(keys.objects.len(), 1);
+        let bytes = asheville_storage::Backend::get(backend.as_ref(), &keys.objects[0].key)
+            .await
+            .unwrap();
+        asheville_core::KeyFile::parse(&bytes)
+            .unwrap()
+            .unwrap_key(b"pa")
+            .unwrap();
+        let none = asheville_storage::Backend::list(backend.as_ref(), "keys/b/", None, 10)
+            .await
+            .unwrap();
+        assert!(none.objects.is_empty());
+    }
     for bad in ["", "../x", "a/b", ".hidden"] {
         assert_eq!(
             repo.create_tenant(bad, TenantKey::Passphrase("x".into()))
