@@ -33,6 +33,7 @@ pub mod chunking;
 pub mod config;
 pub mod conformance;
 pub mod error;
+pub mod maintenance;
 pub mod pack;
 pub mod path;
 pub mod repository;

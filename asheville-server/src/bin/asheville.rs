@@ -104,6 +104,16 @@ enum Cmd {
         /// Path.
         path: String,
     },
+    /// Check that every shard of every pack is where the catalog says
+    /// (needs no passphrase). Exit status 1 if data is at risk.
+    Check {
+        /// Download every shard and verify its checksum.
+        #[arg(long)]
+        read_data: bool,
+    },
+    /// Rebuild missing or corrupt shards from the survivors (needs no
+    /// passphrase). Safe to interrupt and rerun.
+    Repair,
 }
 
 fn passphrase(cli: &Cli) -> Result<String, Error> {
@@ -216,7 +226,7 @@ fn print_json(v: &serde_json::Value) {
     println!("{v}");
 }
 
-async fn run(cli: &Cli) -> Result<(), Error> {
+async fn run(cli: &Cli) -> Result<ExitCode, Error> {
     match &cli.cmd {
         Cmd::Init {
             redundancy,
@@ -366,6 +376,70 @@ async fn run(cli: &Cli) -> Result<(), Error> {
                 }
             }
         }
+        Cmd::Check { read_data } => {
+            let repo = Repository::open(&catalog_path(&cli.data_dir)).await?;
+            let bar = Bar::new(cli.json);
+            let r = repo.check(*read_data, &bar).await?;
+            bar.0.finish_and_clear();
+            if cli.json {
+                print_json(&serde_json::to_value(&r).unwrap_or_default());
+            } else {
+                for p in &r.problems {
+                    println!(
+                        "{:?}: pack {} shard {} on {}: {}",
+                        p.kind,
+                        p.pack.map(|p| p.to_hex()).unwrap_or_else(|| "-".into()),
+                        p.shard.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                        p.backend.as_deref().unwrap_or("-"),
+                        p.detail
+                    );
+                }
+                println!(
+                    "checked {} packs, {} shards{}: {} problems",
+                    r.packs,
+                    r.shards,
+                    if *read_data {
+                        format!(", {} bytes read", r.bytes_read)
+                    } else {
+                        String::new()
+                    },
+                    r.problems.len()
+                );
+            }
+            if !r.is_healthy() {
+                if !cli.json {
+                    eprintln!(
+                        "error: check found problems that put data at risk; run `asheville repair`"
+                    );
+                }
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Cmd::Repair => {
+            let repo = Repository::open(&catalog_path(&cli.data_dir)).await?;
+            let bar = Bar::new(cli.json);
+            let r = repo.repair(&bar).await?;
+            bar.0.finish_and_clear();
+            if cli.json {
+                print_json(&serde_json::to_value(&r).unwrap_or_default());
+            } else {
+                println!(
+                    "examined {} packs, rewrote {} shards",
+                    r.packs, r.shards_rewritten
+                );
+                for (pack, why) in &r.failed {
+                    println!("could not repair pack {pack}: {why}");
+                }
+            }
+            if !r.failed.is_empty() {
+                if !cli.json {
+                    eprintln!(
+                        "error: some packs could not be repaired (fewer than k good shards, or a backend refused writes)"
+                    );
+                }
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Cmd::Stat { path } => {
             let t = open(cli, false).await?;
             let v = t.stat(path)?;
@@ -380,7 +454,7 @@ async fn run(cli: &Cli) -> Result<(), Error> {
             }
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -390,7 +464,7 @@ fn main() -> ExitCode {
         Err(e) => Err(Error::io("cannot start the async runtime", e)),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             if cli.json {
                 print_json(

@@ -192,6 +192,35 @@ fn directory_round_trip_keeps_bytes_mtime_and_permissions() {
     let e = json_err(asheville(&data, "pw", &["--json", "stat", "/backup/a.txt"]));
     assert_eq!(e, "not_found");
 
+    // Lose a whole backend: check fails (exit 1), repair fixes it, and
+    // neither needs the passphrase.
+    std::fs::remove_dir_all(data.join("backend-1")).unwrap();
+    let o = asheville(&data, "", &["--json", "check"]);
+    assert_eq!(o.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        report["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["kind"] == "missing_shard")
+    );
+    let r = json(asheville(&data, "", &["--json", "repair"]));
+    assert!(r["shards_rewritten"].as_u64().unwrap() > 0);
+    let c = json(asheville(&data, "", &["--json", "check", "--read-data"]));
+    assert_eq!(c["problems"].as_array().unwrap().len(), 0);
+    let out2 = tmp.path().join("out2");
+    ok(asheville(
+        &data,
+        "pw",
+        &["get", "/backup", out2.to_str().unwrap()],
+    ));
+    assert_eq!(
+        compare_trees(&out2, &out),
+        5,
+        "a.txt was deleted; the rest is intact"
+    );
+
     // Wrong passphrase: a clear error and exit status 1.
     assert_eq!(
         json_err(asheville(&data, "nope", &["--json", "ls"])),

@@ -143,6 +143,8 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     fn commit_pack(&self, pack: &PackRecord, blobs: &[(ChunkId, BlobLoc)]) -> Result<()>;
     /// A pack.
     fn pack(&self, id: &PackId) -> Result<Option<PackRecord>>;
+    /// Packs in id order, strictly after `after`, at most `limit`.
+    fn packs(&self, after: Option<&PackId>, limit: usize) -> Result<Vec<PackRecord>>;
     /// Commits new versions of files in one transaction (all or none):
     /// version numbers are assigned here, every chunk must be a committed
     /// blob, and each reference adds one to the blob's count.

@@ -165,6 +165,24 @@ impl Catalog for RedbCatalog {
         v.map(|v| dec(v.value())).transpose()
     }
 
+    fn packs(&self, after: Option<&PackId>, limit: usize) -> Result<Vec<PackRecord>> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(PACKS)?;
+        let mut out = Vec::new();
+        let range = match after {
+            Some(a) => t.range::<&[u8]>((
+                std::ops::Bound::Excluded(a.as_bytes().as_slice()),
+                std::ops::Bound::Unbounded,
+            ))?,
+            None => t.range::<&[u8]>(..)?,
+        };
+        for item in range.take(limit) {
+            let (_, v) = item?;
+            out.push(dec(v.value())?);
+        }
+        Ok(out)
+    }
+
     fn commit_versions(&self, tenant: &str, files: Vec<NewVersion>) -> Result<Vec<FileVersion>> {
         if let Some(f) = files.iter().find(|f| f.path.is_root()) {
             return Err(Error::new(

@@ -2,5 +2,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on failure
 
 mod conformance;
+mod maintenance;
 mod repo;
 mod s3server;

@@ -6,7 +6,7 @@ use asheville_storage::{
     ObjectStoreBackend, RedbCatalog, RepoConfig, Repository, Tenant, TenantKey,
 };
 
-fn random(n: usize, seed: u64) -> Vec<u8> {
+pub fn random(n: usize, seed: u64) -> Vec<u8> {
     let mut out = vec![0u8; n];
     blake3::Hasher::new()
         .update(&seed.to_le_bytes())
@@ -15,7 +15,7 @@ fn random(n: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-fn small_config(dir: &std::path::Path, n: usize, redundancy: &str) -> RepoConfig {
+pub fn small_config(dir: &std::path::Path, n: usize, redundancy: &str) -> RepoConfig {
     let mut c = RepoConfig::local(dir, n, redundancy.parse().unwrap());
     c.kdf = KdfParams::INSECURE_FAST_FOR_TESTS;
     c.chunker = asheville_core::ChunkerConfig::new(16 << 10, 64 << 10, 256 << 10).unwrap();
@@ -24,7 +24,7 @@ fn small_config(dir: &std::path::Path, n: usize, redundancy: &str) -> RepoConfig
     c
 }
 
-async fn get(t: &Tenant, path: &str) -> Vec<u8> {
+pub async fn get(t: &Tenant, path: &str) -> Vec<u8> {
     let mut out = Vec::new();
     t.get(path, &mut out).await.unwrap();
     out

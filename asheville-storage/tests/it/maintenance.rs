@@ -1,0 +1,196 @@
+//! Backend loss and bitrot: reads survive, `check` finds every problem,
+//! `repair` restores full redundancy.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use asheville_core::MasterKey;
+use asheville_storage::maintenance::ProblemKind;
+use asheville_storage::tree::NoProgress;
+use asheville_storage::{FileMeta, Repository, Tenant, TenantKey};
+
+use crate::repo::{get, random, small_config};
+
+async fn filled(dir: &Path) -> (Repository, Tenant, Vec<(String, Vec<u8>)>) {
+    let repo = Repository::create(&dir.join("c.redb"), small_config(dir, 6, "rs(4,2)"))
+        .await
+        .unwrap();
+    let t = repo
+        .create_tenant("acme", TenantKey::Raw(MasterKey::generate().unwrap()))
+        .await
+        .unwrap();
+    let mut files = Vec::new();
+    let mut batch = t.batch();
+    for i in 0..12 {
+        let data = random(150_000 + i * 97_000, 100 + i as u64);
+        let path = format!("f{i:02}");
+        batch
+            .add(&path, &data[..], FileMeta::default())
+            .await
+            .unwrap();
+        files.push((path, data));
+    }
+    batch.commit().await.unwrap();
+    (repo, t, files)
+}
+
+async fn all_read_back(t: &Tenant, files: &[(String, Vec<u8>)]) {
+    for (p, d) in files {
+        assert_eq!(&get(t, p).await, d, "{p}");
+    }
+}
+
+fn shard_files(dir: &Path) -> Vec<PathBuf> {
+    fn walk(p: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                walk(&e.path(), out);
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for i in 0..6 {
+        walk(&dir.join(format!("backend-{i}/packs")), &mut out);
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_two_whole_backends_is_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, t, files) = filled(dir.path()).await;
+    let clean = repo.check(true, &NoProgress).await.unwrap();
+    assert!(clean.problems.is_empty(), "{:?}", clean.problems);
+    assert!(clean.packs >= 4, "several packs ({})", clean.packs);
+
+    let lost: Vec<PathBuf> = shard_files(dir.path())
+        .into_iter()
+        .filter(|p| {
+            p.starts_with(dir.path().join("backend-1"))
+                || p.starts_with(dir.path().join("backend-4"))
+        })
+        .collect();
+    assert!(!lost.is_empty());
+    std::fs::remove_dir_all(dir.path().join("backend-1")).unwrap();
+    std::fs::remove_dir_all(dir.path().join("backend-4")).unwrap();
+
+    all_read_back(&t, &files).await;
+    let report = repo.check(false, &NoProgress).await.unwrap();
+    let missing: Vec<_> = report
+        .problems
+        .iter()
+        .filter(|p| p.kind == ProblemKind::MissingShard)
+        .collect();
+    assert_eq!(missing.len(), lost.len(), "every lost shard is reported");
+    assert!(
+        missing
+            .iter()
+            .all(|p| matches!(p.backend.as_deref(), Some("backend-1" | "backend-4")))
+    );
+    assert!(!report.is_healthy());
+
+    let repaired = repo.repair(&NoProgress).await.unwrap();
+    assert!(repaired.failed.is_empty(), "{:?}", repaired.failed);
+    assert_eq!(repaired.shards_rewritten as usize, lost.len());
+    let after = repo.check(true, &NoProgress).await.unwrap();
+    assert!(after.problems.is_empty(), "{:?}", after.problems);
+    // Repair is idempotent.
+    assert_eq!(repo.repair(&NoProgress).await.unwrap().shards_rewritten, 0);
+    all_read_back(&t, &files).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bitrot_is_found_by_check_and_fixed_by_repair() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, t, files) = filled(dir.path()).await;
+    // Flip one random byte in random shard files, at most two per pack
+    // (rs(4,2) tolerates two).
+    let mut rng: u64 = 7;
+    let mut per_pack: HashMap<String, usize> = HashMap::new();
+    let mut flipped: HashSet<String> = HashSet::new();
+    let shards = shard_files(dir.path());
+    for _ in 0..40 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let f = &shards[(rng % shards.len() as u64) as usize];
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        let pack = name.split('.').next().unwrap().to_owned();
+        let key = format!("packs/{}/{name}", &pack[..2]);
+        if flipped.contains(&key) || per_pack.get(&pack).copied().unwrap_or(0) >= 2 {
+            continue;
+        }
+        let mut bytes = std::fs::read(f).unwrap();
+        let pos = ((rng >> 8) % bytes.len() as u64) as usize;
+        bytes[pos] ^= 1 << (rng % 8);
+        std::fs::write(f, &bytes).unwrap();
+        *per_pack.entry(pack).or_default() += 1;
+        flipped.insert(key);
+    }
+    assert!(flipped.len() >= 10, "{} flips", flipped.len());
+
+    all_read_back(&t, &files).await;
+    let report = repo.check(true, &NoProgress).await.unwrap();
+    let found: HashSet<String> = report
+        .problems
+        .iter()
+        .filter(|p| p.kind == ProblemKind::CorruptShard)
+        .map(|p| p.key.clone().unwrap())
+        .collect();
+    assert_eq!(
+        found, flipped,
+        "check --read-data finds exactly the flipped shards"
+    );
+    eprintln!(
+        "bitrot: {} shards corrupted, {} found by check",
+        flipped.len(),
+        found.len()
+    );
+
+    let repaired = repo.repair(&NoProgress).await.unwrap();
+    assert_eq!(repaired.shards_rewritten as usize, flipped.len());
+    assert!(
+        repo.check(true, &NoProgress)
+            .await
+            .unwrap()
+            .problems
+            .is_empty()
+    );
+    all_read_back(&t, &files).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphans_and_unreadable_packs_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, _t, _files) = filled(dir.path()).await;
+    // An object left by an interrupted upload.
+    asheville_storage::Backend::put(
+        repo.backends()[0].as_ref(),
+        "packs/00/orphan.0",
+        vec![bytes::Bytes::from_static(b"x")],
+    )
+    .await
+    .unwrap();
+    let r = repo.check(false, &NoProgress).await.unwrap();
+    assert_eq!(r.problems.len(), 1);
+    assert_eq!(r.problems[0].kind, ProblemKind::OrphanObject);
+    assert!(r.is_healthy(), "an orphan is not data loss");
+    // Three backends gone: some pack loses three shards and is unreadable.
+    for i in [0, 2, 5] {
+        std::fs::remove_dir_all(dir.path().join(format!("backend-{i}"))).unwrap();
+    }
+    let r = repo.check(false, &NoProgress).await.unwrap();
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::UnreadablePack)
+    );
+    let repaired = repo.repair(&NoProgress).await.unwrap();
+    assert!(
+        !repaired.failed.is_empty(),
+        "repair says what it could not fix"
+    );
+}
