@@ -230,6 +230,55 @@ fn checksum(prefix: &[u8; 24], payload: &[u8]) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
+/// Parses only a shard's header (its first [`SHARD_HEADER_LEN`] bytes),
+/// without the checksum: for tools that must learn a pack's shape without
+/// downloading whole shards (a catalog rebuild). What it returns is a hint;
+/// [`verify_shard`] is the check.
+pub fn parse_shard_header(header: &[u8]) -> Result<ShardInfo> {
+    let corrupt = |msg: &'static str| Error::new(ErrorKind::Integrity, msg);
+    if header.len() < SHARD_HEADER_LEN || &header[0..4] != SHARD_MAGIC {
+        return Err(corrupt("not a shard header"));
+    }
+    if header[4] != SHARD_VERSION {
+        return Err(
+            Error::new(ErrorKind::Unsupported, "unknown shard format version")
+                .with_context("version", header[4]),
+        );
+    }
+    let (k, n, index) = (header[6], header[7], header[8] as usize);
+    let policy = match header[5] {
+        0 if k == 1 && n == 1 => Redundancy::None,
+        1 if k == 1 => Redundancy::Replicas(n),
+        2 if n > k => Redundancy::ReedSolomon {
+            data: k,
+            parity: n - k,
+        },
+        _ => return Err(corrupt("bad scheme in shard header")),
+    };
+    policy
+        .validate()
+        .map_err(|_| corrupt("shard header names an invalid policy"))?;
+    if index >= n as usize {
+        return Err(corrupt("bad index in shard header"));
+    }
+    let shard_len = u32::from_le_bytes([header[12], header[13], header[14], header[15]]) as usize;
+    let mut dl = [0u8; 8];
+    dl.copy_from_slice(&header[16..24]);
+    let data_len = u64::from_le_bytes(dl);
+    if data_len.div_ceil(policy.data_shards() as u64) != shard_len as u64 {
+        return Err(corrupt("shard header lengths disagree"));
+    }
+    let mut checksum = [0u8; 32];
+    checksum.copy_from_slice(&header[24..56]);
+    Ok(ShardInfo {
+        policy,
+        index,
+        shard_len,
+        data_len,
+        checksum,
+    })
+}
+
 /// Parses a shard and verifies its checksum.
 pub fn verify_shard(shard: &[u8]) -> Result<ShardInfo> {
     let corrupt = |msg: &'static str| Error::new(ErrorKind::Integrity, msg);
@@ -828,6 +877,19 @@ mod tests {
             prop_assert_eq!(&direct[..], &data[lo..hi]);
             prop_assert_eq!(&rebuilt[..], &data[lo..hi]);
         }
+    }
+
+    #[test]
+    fn header_parse_agrees_with_verify() {
+        let codec = Codec::new("rs(4,2)".parse().unwrap()).unwrap();
+        let shards = codec.encode(&[7u8; 1000]).unwrap();
+        for s in &shards {
+            assert_eq!(
+                parse_shard_header(&s[..SHARD_HEADER_LEN]).unwrap(),
+                verify_shard(s).unwrap()
+            );
+        }
+        assert!(parse_shard_header(&shards[0][..10]).is_err());
     }
 
     #[test]

@@ -33,9 +33,11 @@ pub mod chunking;
 pub mod config;
 pub mod conformance;
 pub mod error;
+pub mod journal;
 pub mod maintenance;
 pub mod pack;
 pub mod path;
+pub mod rebuild;
 pub mod repository;
 pub mod tree;
 

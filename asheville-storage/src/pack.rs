@@ -94,6 +94,8 @@ pub fn tenant_of(pack: &[u8]) -> Result<String> {
         .map_err(|_| Error::new(ErrorKind::Integrity, "pack tenant name is not UTF-8"))
 }
 
+/// `(tenant name length, trailer length, end of the blobs)` of a pack (or
+/// of a pack's tail, the end then counted from the slice's start).
 fn footer(pack: &[u8]) -> Result<(usize, usize, usize)> {
     let bad = || {
         Error::new(
@@ -104,21 +106,46 @@ fn footer(pack: &[u8]) -> Result<(usize, usize, usize)> {
     if pack.len() < FOOTER {
         return Err(bad());
     }
-    let f = &pack[pack.len() - FOOTER..];
-    if &f[6..10] != MAGIC {
+    let (t, c) = footer_fields(&pack[pack.len() - FOOTER..])?;
+    let tail = FOOTER + t + 12 + 16 + c;
+    if pack.len() < tail {
         return Err(bad());
+    }
+    Ok((t, c, pack.len() - tail))
+}
+
+/// Length of the footer, the last bytes of every pack.
+pub const FOOTER_LEN: usize = FOOTER;
+
+/// From a pack's last [`FOOTER_LEN`] bytes: how many bytes at the end of
+/// the pack hold the trailer, nonce, tenant name and footer (its "tail").
+pub fn tail_len(footer_bytes: &[u8]) -> Result<usize> {
+    if footer_bytes.len() != FOOTER {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "a pack footer is 11 bytes",
+        ));
+    }
+    let (t, c) = footer_fields(footer_bytes)?;
+    Ok(FOOTER + t + 12 + 16 + c)
+}
+
+/// `(tenant name length, trailer length)` from the 11 footer bytes.
+fn footer_fields(f: &[u8]) -> Result<(usize, usize)> {
+    if &f[6..10] != MAGIC {
+        return Err(Error::new(
+            ErrorKind::Integrity,
+            "not a pack or truncated pack (bad footer)",
+        ));
     }
     if f[10] != VERSION {
         return Err(Error::new(ErrorKind::Unsupported, "unknown pack version")
             .with_context("version", f[10]));
     }
-    let t = u16::from_le_bytes([f[0], f[1]]) as usize;
-    let c = u32::from_le_bytes([f[2], f[3], f[4], f[5]]) as usize;
-    if pack.len() < FOOTER + t + 12 + 16 + c {
-        return Err(bad());
-    }
-    let blobs_end = pack.len() - FOOTER - t - 12 - 16 - c;
-    Ok((t, c, blobs_end))
+    Ok((
+        u16::from_le_bytes([f[0], f[1]]) as usize,
+        u32::from_le_bytes([f[2], f[3], f[4], f[5]]) as usize,
+    ))
 }
 
 /// Reads and authenticates the trailer of `pack`.
@@ -128,7 +155,23 @@ pub fn read_trailer(
     tenant: &str,
     seal: &SealKey,
 ) -> Result<Vec<TrailerEntry>> {
+    read_trailer_from_tail(pack, pack.len() as u64, id, tenant, seal)
+}
+
+/// Like [`read_trailer`], from only the pack's last bytes (at least its
+/// [`tail_len`]); `pack_len` is the whole pack's length.
+pub fn read_trailer_from_tail(
+    tail: &[u8],
+    pack_len: u64,
+    id: &PackId,
+    tenant: &str,
+    seal: &SealKey,
+) -> Result<Vec<TrailerEntry>> {
+    let pack = tail;
     let (t, c, blobs_end) = footer(pack)?;
+    let skipped = pack_len
+        .checked_sub(pack.len() as u64)
+        .ok_or_else(|| Error::new(ErrorKind::InvalidInput, "tail longer than the pack"))?;
     let nonce_at = pack.len() - FOOTER - t - 12;
     let mut nonce = [0u8; 12];
     nonce.copy_from_slice(&pack[nonce_at..nonce_at + 12]);
@@ -147,9 +190,10 @@ pub fn read_trailer(
     let entries: Vec<TrailerEntry> = postcard::from_bytes(&body).map_err(|e| {
         Error::new(ErrorKind::Integrity, "pack trailer does not parse").set_source(e)
     })?;
+    let blobs_end_abs = skipped + blobs_end as u64;
     if entries
         .iter()
-        .any(|e| e.offset + u64::from(e.len) > blobs_end as u64)
+        .any(|e| e.offset + u64::from(e.len) > blobs_end_abs)
     {
         return Err(Error::new(
             ErrorKind::Integrity,

@@ -274,6 +274,17 @@ impl Repository {
         Ok(rec)
     }
 
+    /// The backend names placement chooses for the shards of `pack`.
+    pub(crate) fn placement_of(&self, pack: &PackId, shards: usize) -> Result<Vec<String>> {
+        Ok(self
+            .inner
+            .placement
+            .place(pack.as_bytes(), shards)?
+            .into_iter()
+            .map(|b| self.inner.config.backends[b].name.clone())
+            .collect())
+    }
+
     /// The configuration.
     pub fn config(&self) -> &RepoConfig {
         &self.inner.config
@@ -333,6 +344,56 @@ impl Repository {
             .map_err(|e| Error::new(ErrorKind::Other, "encode").set_source(e))?;
         self.inner.catalog.create_tenant(name, &rec)?;
         self.make_tenant(name, &master)
+    }
+
+    /// Registers in the catalog a tenant whose key file is already on the
+    /// backends (a catalog rebuild): with a passphrase, the `keys/<tenant>/`
+    /// file it unwraps is adopted; a raw key is recorded as for
+    /// [`Repository::create_tenant`].
+    pub async fn adopt_tenant(&self, name: &str, key: TenantKey) -> Result<Tenant> {
+        validate_tenant(name)?;
+        let pw = match key {
+            TenantKey::Raw(_) => return self.create_tenant(name, key).await,
+            TenantKey::Passphrase(p) => p,
+        };
+        let mut last_err = Error::new(
+            ErrorKind::NotFound,
+            "no key file for this tenant on any backend",
+        )
+        .with_context("tenant", name);
+        for b in &self.inner.backends {
+            let Ok(page) = b.list(&format!("keys/{name}/"), None, 100).await else {
+                continue;
+            };
+            for o in page.objects {
+                let Ok(bytes) = b.get(&o.key).await else {
+                    continue;
+                };
+                let Ok(kf) = KeyFile::parse(&bytes) else {
+                    continue;
+                };
+                let pw2 = pw.clone();
+                match tokio::task::spawn_blocking(move || kf.unwrap_key(pw2.as_bytes()))
+                    .await
+                    .map_err(join_err)?
+                {
+                    Ok(master) => {
+                        let rec = postcard::to_stdvec(&TenantRecord::Wrapped(bytes.to_vec()))
+                            .map_err(|e| Error::new(ErrorKind::Other, "encode").set_source(e))?;
+                        self.inner.catalog.create_tenant(name, &rec)?;
+                        return self.make_tenant(name, &master);
+                    }
+                    Err(e) => last_err = Error::from(e).with_context("tenant", name),
+                }
+            }
+        }
+        Err(last_err)
+    }
+
+    /// The keys of an opened tenant (for maintenance that reads trailers
+    /// and journals).
+    pub(crate) fn tenant_seal_key(t: &Tenant) -> &asheville_core::SealKey {
+        t.keys.seal_key()
     }
 
     /// Opens an existing tenant. `WrongKey` if the key does not match.
@@ -621,6 +682,17 @@ impl Batch<'_> {
         if self.files.is_empty() {
             return Ok(Vec::new());
         }
+        let ops = self
+            .files
+            .iter()
+            .map(|f| crate::journal::JournalOp::Put {
+                path: f.path.as_str().to_owned(),
+                size: f.size,
+                meta: f.meta,
+                chunks: f.chunks.clone(),
+            })
+            .collect();
+        self.t.write_journal(ops).await?;
         let catalog = self.t.repo.inner.catalog.clone();
         let tenant = self.t.name.clone();
         let files = self.files;
@@ -733,6 +805,29 @@ pub fn local_meta(m: &std::fs::Metadata) -> FileMeta {
 }
 
 impl Tenant {
+    /// Writes a journal record of `ops` to every backend (see [`crate::journal`]).
+    async fn write_journal(&self, ops: Vec<crate::journal::JournalOp>) -> Result<()> {
+        let created_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0);
+        let key = crate::journal::object_key(&self.name, created_ns)?;
+        let bytes = Bytes::from(crate::journal::seal(
+            self.keys.seal_key(),
+            &key,
+            &crate::journal::JournalRecord { created_ns, ops },
+        )?);
+        futures::future::try_join_all(
+            self.repo
+                .inner
+                .backends
+                .iter()
+                .map(|b| b.put(&key, vec![bytes.clone()])),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// The tenant's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -810,8 +905,15 @@ impl Tenant {
 
     /// Deletes `path`: it disappears from listings and `stat`; its versions
     /// stay readable through [`Tenant::versions`] until retention removes them.
-    pub fn delete(&self, path: &str) -> Result<()> {
+    pub async fn delete(&self, path: &str) -> Result<()> {
         let p = RepoPath::parse(path)?;
+        if self.repo.inner.catalog.latest(&self.name, &p)?.is_none() {
+            return Err(Error::new(ErrorKind::NotFound, "no such file").with_context("path", &p));
+        }
+        self.write_journal(vec![crate::journal::JournalOp::Delete {
+            path: p.as_str().to_owned(),
+        }])
+        .await?;
         self.repo.inner.catalog.delete(&self.name, &p)
     }
 

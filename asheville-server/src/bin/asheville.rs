@@ -351,7 +351,7 @@ async fn run(cli: &Cli) -> Result<ExitCode, Error> {
         }
         Cmd::Rm { path } => {
             let t = open(cli, false).await?;
-            t.delete(path)?;
+            t.delete(path).await?;
             if cli.json {
                 print_json(&serde_json::json!({"deleted": path}));
             }

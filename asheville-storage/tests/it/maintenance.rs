@@ -194,3 +194,129 @@ async fn orphans_and_unreadable_packs_are_reported() {
         "repair says what it could not fix"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_catalog_is_rebuilt_from_the_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = dir.path().join("c.redb");
+    let config = small_config(dir.path(), 6, "rs(4,2)");
+    let raw = MasterKey::generate().unwrap();
+    let (expected_a, expected_b, versions_before);
+    {
+        let repo = Repository::create(&cat, config.clone()).await.unwrap();
+        let a = repo
+            .create_tenant("alice", TenantKey::Passphrase("pa".into()))
+            .await
+            .unwrap();
+        let b = repo
+            .create_tenant("bob", TenantKey::Raw(raw.clone()))
+            .await
+            .unwrap();
+        let mut batch = a.batch();
+        for i in 0..20 {
+            batch
+                .add(
+                    &format!("docs/{i:02}"),
+                    &random(50_000 + i * 31_000, i as u64)[..],
+                    FileMeta {
+                        mtime_ns: i as i64,
+                        mode: 0o640,
+                    },
+                )
+                .await
+                .unwrap();
+        }
+        batch.commit().await.unwrap();
+        a.put("docs/05", &b"second version"[..], FileMeta::default())
+            .await
+            .unwrap();
+        a.delete("docs/07").await.unwrap();
+        b.put("bob/file", &random(700_000, 99)[..], FileMeta::default())
+            .await
+            .unwrap();
+        expected_a = snapshot(&a).await;
+        expected_b = snapshot(&b).await;
+        versions_before = a.versions("docs/05").unwrap().len();
+    }
+    std::fs::remove_file(&cat).unwrap();
+
+    // Only bob's key: alice's packs are skipped, not lost.
+    let (_, partial) = asheville_storage::rebuild::rebuild_catalog(
+        &dir.path().join("partial.redb"),
+        config.clone(),
+        vec![("bob".into(), TenantKey::Raw(raw.clone()))],
+    )
+    .await
+    .unwrap();
+    assert!(
+        partial
+            .skipped
+            .iter()
+            .all(|(_, why)| why.contains("tenant not given")),
+        "{:?}",
+        partial.skipped
+    );
+    assert!(!partial.skipped.is_empty());
+
+    let (repo, report) = asheville_storage::rebuild::rebuild_catalog(
+        &cat,
+        config,
+        vec![
+            ("alice".into(), TenantKey::Passphrase("pa".into())),
+            ("bob".into(), TenantKey::Raw(raw.clone())),
+        ],
+    )
+    .await
+    .unwrap();
+    eprintln!("rebuild: {report:?}");
+    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+    assert_eq!(report.packs_recorded, report.packs_found);
+    let a = repo
+        .tenant("alice", TenantKey::Passphrase("pa".into()))
+        .await
+        .unwrap();
+    let b = repo.tenant("bob", TenantKey::Raw(raw)).await.unwrap();
+    assert_eq!(
+        snapshot(&a).await,
+        expected_a,
+        "every file of alice reads back identically"
+    );
+    assert_eq!(snapshot(&b).await, expected_b);
+    assert_eq!(a.versions("docs/05").unwrap().len(), versions_before);
+    assert_eq!(
+        a.stat("docs/07").unwrap_err().kind(),
+        asheville_storage::ErrorKind::NotFound,
+        "deletes replayed"
+    );
+    assert!(
+        repo.check(true, &NoProgress)
+            .await
+            .unwrap()
+            .problems
+            .is_empty()
+    );
+    // Rebuilding over an existing catalog is refused: it deletes nothing.
+    let e = asheville_storage::rebuild::rebuild_catalog(
+        &cat,
+        small_config(dir.path(), 6, "rs(4,2)"),
+        vec![],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.kind(), asheville_storage::ErrorKind::AlreadyExists);
+}
+
+/// Every live file: path, metadata and content.
+async fn snapshot(t: &Tenant) -> Vec<(String, u64, FileMeta, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in t.list("/", usize::MAX, None, 10_000).unwrap().entries {
+        if let asheville_storage::Entry::File {
+            path, size, meta, ..
+        } = e
+        {
+            let data = get(t, &path).await;
+            out.push((path, size, meta, data));
+        }
+    }
+    out
+}

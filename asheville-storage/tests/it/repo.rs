@@ -304,13 +304,16 @@ async fn listing_depth_pagination_and_delete() {
         ErrorKind::InvalidInput
     );
 
-    t.delete("d2/w").unwrap();
+    t.delete("d2/w").await.unwrap();
     assert_eq!(
         names(&t.list("/", 1, None, 100).unwrap().entries),
         ["d1/", "dz", "r1", "r2"]
     );
     assert_eq!(t.stat("d2/w").unwrap_err().kind(), ErrorKind::NotFound);
-    assert_eq!(t.delete("d2/w").unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        t.delete("d2/w").await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
     let mut old = Vec::new();
     t.get_version("d2/w", 1, &mut old).await.unwrap();
     assert_eq!(old, b"d2/w", "versions of a deleted file stay readable");
