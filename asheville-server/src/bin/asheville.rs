@@ -114,6 +114,14 @@ enum Cmd {
     /// Rebuild missing or corrupt shards from the survivors (needs no
     /// passphrase). Safe to interrupt and rerun.
     Repair,
+    /// Make a new catalog from the backends alone (after losing it). Reads
+    /// the config from `--config` or from a local backend's `config.json`
+    /// under the data directory; adopts `--tenant` with the passphrase.
+    RebuildCatalog {
+        /// The repository config (JSON) naming the backends.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn passphrase(cli: &Cli) -> Result<String, Error> {
@@ -130,6 +138,16 @@ fn passphrase(cli: &Cli) -> Result<String, Error> {
             "no passphrase: set ASHEVILLE_PASSPHRASE or pass --passphrase-file FILE",
         )),
     }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(f: &Path) -> Result<T, Error> {
+    let text = std::fs::read(f)
+        .map_err(|e| Error::io("cannot read config", e).with_context("file", f.display()))?;
+    serde_json::from_slice(&text).map_err(|e| {
+        Error::new(ErrorKind::InvalidInput, "config does not parse")
+            .with_context("file", f.display())
+            .set_source(e)
+    })
 }
 
 fn catalog_path(dir: &Path) -> PathBuf {
@@ -234,16 +252,7 @@ async fn run(cli: &Cli) -> Result<ExitCode, Error> {
             config,
         } => {
             let config = match config {
-                Some(f) => {
-                    let text = std::fs::read(f).map_err(|e| {
-                        Error::io("cannot read config", e).with_context("file", f.display())
-                    })?;
-                    serde_json::from_slice(&text).map_err(|e| {
-                        Error::new(ErrorKind::InvalidInput, "config does not parse")
-                            .with_context("file", f.display())
-                            .set_source(e)
-                    })?
-                }
+                Some(f) => read_json(f)?,
                 None => default_config(&cli.data_dir, *redundancy, *backends)?,
             };
             init(cli, config).await?;
@@ -438,6 +447,48 @@ async fn run(cli: &Cli) -> Result<ExitCode, Error> {
                     );
                 }
                 return Ok(ExitCode::FAILURE);
+            }
+        }
+        Cmd::RebuildCatalog { config } => {
+            let config: RepoConfig = match config {
+                Some(f) => read_json(f)?,
+                None => {
+                    let found = std::fs::read_dir(&cli.data_dir)
+                        .map_err(|e| Error::io("cannot read the data directory", e))?
+                        .flatten()
+                        .map(|e| e.path().join("config.json"))
+                        .find(|p| p.is_file())
+                        .ok_or_else(|| {
+                            Error::new(
+                                ErrorKind::NotFound,
+                                "no backend config.json under the data directory; pass --config",
+                            )
+                        })?;
+                    read_json(&found)?
+                }
+            };
+            let pw = passphrase(cli)?;
+            let (_, r) = asheville_storage::rebuild::rebuild_catalog(
+                &catalog_path(&cli.data_dir),
+                config,
+                vec![(cli.tenant.clone(), TenantKey::Passphrase(pw))],
+            )
+            .await?;
+            if cli.json {
+                print_json(&serde_json::to_value(&r).unwrap_or_default());
+            } else {
+                println!(
+                    "recorded {} of {} packs ({} blobs), replayed {} journal records ({} versions, {} deletes)",
+                    r.packs_recorded,
+                    r.packs_found,
+                    r.blobs,
+                    r.journal_records,
+                    r.versions,
+                    r.deletes
+                );
+                for (p, why) in &r.skipped {
+                    println!("skipped pack {p}: {why}");
+                }
             }
         }
         Cmd::Stat { path } => {
