@@ -133,6 +133,7 @@ pub async fn rebuild_catalog(
                 .with_context("key", key));
             };
             report.journal_records += 1;
+            let created_ns = record.created_ns;
             let mut puts = Vec::new();
             for op in record.ops {
                 match op {
@@ -147,6 +148,7 @@ pub async fn rebuild_catalog(
                             size,
                             meta,
                             chunks,
+                            created_ns,
                         });
                     }
                     JournalOp::Delete { path } => {

@@ -625,11 +625,13 @@ impl Batch<'_> {
             }
         }
         self.bytes += size;
+        // The commit time is set when the batch commits.
         self.files.push(NewVersion {
             path,
             size,
             meta,
             chunks,
+            created_ns: 0,
         });
         Ok(())
     }
@@ -692,10 +694,14 @@ impl Batch<'_> {
                 chunks: f.chunks.clone(),
             })
             .collect();
-        self.t.write_journal(ops).await?;
+        let created_ns = crate::catalog::now_ns();
+        self.t.write_journal(created_ns, ops).await?;
+        let mut files = self.files;
+        for f in &mut files {
+            f.created_ns = created_ns;
+        }
         let catalog = self.t.repo.inner.catalog.clone();
         let tenant = self.t.name.clone();
-        let files = self.files;
         tokio::task::spawn_blocking(move || catalog.commit_versions(&tenant, files))
             .await
             .map_err(join_err)?
@@ -806,11 +812,11 @@ pub fn local_meta(m: &std::fs::Metadata) -> FileMeta {
 
 impl Tenant {
     /// Writes a journal record of `ops` to every backend (see [`crate::journal`]).
-    async fn write_journal(&self, ops: Vec<crate::journal::JournalOp>) -> Result<()> {
-        let created_ns = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or(0);
+    async fn write_journal(
+        &self,
+        created_ns: i64,
+        ops: Vec<crate::journal::JournalOp>,
+    ) -> Result<()> {
         let key = crate::journal::object_key(&self.name, created_ns)?;
         let bytes = Bytes::from(crate::journal::seal(
             self.keys.seal_key(),
@@ -910,9 +916,12 @@ impl Tenant {
         if self.repo.inner.catalog.latest(&self.name, &p)?.is_none() {
             return Err(Error::new(ErrorKind::NotFound, "no such file").with_context("path", &p));
         }
-        self.write_journal(vec![crate::journal::JournalOp::Delete {
-            path: p.as_str().to_owned(),
-        }])
+        self.write_journal(
+            crate::catalog::now_ns(),
+            vec![crate::journal::JournalOp::Delete {
+                path: p.as_str().to_owned(),
+            }],
+        )
         .await?;
         self.repo.inner.catalog.delete(&self.name, &p)
     }

@@ -77,6 +77,16 @@ pub struct NewVersion {
     pub meta: FileMeta,
     /// Chunks in order.
     pub chunks: Vec<ChunkRef>,
+    /// Commit time, ns since the epoch (the journal records the same).
+    pub created_ns: i64,
+}
+
+/// Now, in ns since the Unix epoch.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
 }
 
 /// One version of a file.

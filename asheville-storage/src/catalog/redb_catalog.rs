@@ -63,13 +63,6 @@ fn version_key(tenant: &str, path: &RepoPath, v: u64) -> Vec<u8> {
     k
 }
 
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
-
 /// The redb catalog.
 #[derive(Debug)]
 pub struct RedbCatalog {
@@ -198,7 +191,6 @@ impl Catalog for RedbCatalog {
             let mut refs = w.open_table(REFS)?;
             let mut heads = w.open_table(FILES)?;
             let mut versions = w.open_table(VERSIONS)?;
-            let now = now_ns();
             for f in files {
                 for c in &f.chunks {
                     let k = blob_key(tenant, &c.id);
@@ -224,7 +216,7 @@ impl Catalog for RedbCatalog {
                     version,
                     size: f.size,
                     meta: f.meta,
-                    created_ns: now,
+                    created_ns: f.created_ns,
                     chunks: f.chunks,
                 };
                 heads.insert(

@@ -236,7 +236,7 @@ async fn a_lost_catalog_is_rebuilt_from_the_backends() {
             .unwrap();
         expected_a = snapshot(&a).await;
         expected_b = snapshot(&b).await;
-        versions_before = a.versions("docs/05").unwrap().len();
+        versions_before = a.versions("docs/05").unwrap();
     }
     std::fs::remove_file(&cat).unwrap();
 
@@ -282,7 +282,11 @@ async fn a_lost_catalog_is_rebuilt_from_the_backends() {
         "every file of alice reads back identically"
     );
     assert_eq!(snapshot(&b).await, expected_b);
-    assert_eq!(a.versions("docs/05").unwrap().len(), versions_before);
+    assert_eq!(
+        a.versions("docs/05").unwrap(),
+        versions_before,
+        "version numbers and commit times survive"
+    );
     assert_eq!(
         a.stat("docs/07").unwrap_err().kind(),
         asheville_storage::ErrorKind::NotFound,
