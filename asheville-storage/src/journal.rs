@@ -52,6 +52,13 @@ pub enum JournalOp {
         /// Path.
         path: String,
     },
+    /// A version was forgotten (retention).
+    Forget {
+        /// Path.
+        path: String,
+        /// Version number.
+        version: u64,
+    },
 }
 
 /// One commit: the changes that became visible together.

@@ -64,4 +64,4 @@ pub use catalog::{
 pub use config::{BackendConfig, RepoConfig};
 pub use error::{Error, ErrorKind, Result};
 pub use path::RepoPath;
-pub use repository::{Batch, Repository, Tenant, TenantKey};
+pub use repository::{Batch, Repository, Retention, RetentionReport, Tenant, TenantKey};

@@ -32,6 +32,8 @@ pub struct RebuildReport {
     pub versions: u64,
     /// Deletes replayed.
     pub deletes: u64,
+    /// Versions forgotten by replayed retention.
+    pub forgotten: u64,
     /// Packs skipped: another tenant's, or unreadable (with the reason).
     pub skipped: Vec<(PackId, String)>,
 }
@@ -150,6 +152,22 @@ pub async fn rebuild_catalog(
                             chunks,
                             created_ns,
                         });
+                    }
+                    JournalOp::Forget { path, version } => {
+                        // Versions before it in the same record commit first.
+                        if !puts.is_empty() {
+                            report.versions += puts.len() as u64;
+                            repo.catalog()
+                                .commit_versions(name, std::mem::take(&mut puts))?;
+                        }
+                        match repo
+                            .catalog()
+                            .forget_version(name, &RepoPath::parse(&path)?, version)
+                        {
+                            Ok(()) => report.forgotten += 1,
+                            Err(e) if e.kind() == ErrorKind::NotFound => {}
+                            Err(e) => return Err(e),
+                        }
                     }
                     JournalOp::Delete { path } => {
                         report.deletes += 1;

@@ -552,6 +552,26 @@ impl<'a> PackWriter<'a> {
     }
 }
 
+/// Which versions [`Tenant::apply_retention`] keeps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Keep the newest `n` versions of each path.
+    pub keep_last: Option<usize>,
+    /// Keep versions committed within this many nanoseconds of now.
+    pub keep_within_ns: Option<i64>,
+}
+
+/// What [`Tenant::apply_retention`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RetentionReport {
+    /// Paths examined.
+    pub paths: u64,
+    /// Versions kept.
+    pub kept: u64,
+    /// Versions forgotten.
+    pub forgotten: u64,
+}
+
 /// Several writes that share packs and commit in one catalog transaction.
 ///
 /// Nothing added to a batch is visible, or acknowledged, until
@@ -924,6 +944,73 @@ impl Tenant {
         )
         .await?;
         self.repo.inner.catalog.delete(&self.name, &p)
+    }
+
+    /// Applies a retention rule to every file under `prefix` (live or
+    /// deleted): a version is kept if it is among the newest `keep_last`,
+    /// or committed within `keep_within_ns`; the latest version of a live
+    /// file is always kept. Forgetting drops the version's references
+    /// (what `gc` later reclaims) and is journaled first, so a rebuilt
+    /// catalog forgets the same versions.
+    pub async fn apply_retention(&self, prefix: &str, rule: Retention) -> Result<RetentionReport> {
+        if rule.keep_last.is_none() && rule.keep_within_ns.is_none() {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "a retention rule needs keep_last and/or keep_within",
+            ));
+        }
+        let root = RepoPath::parse(prefix)?;
+        let inner = &self.repo.inner;
+        let now = crate::catalog::now_ns();
+        let mut report = RetentionReport::default();
+        let mut doomed: Vec<(RepoPath, u64)> = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = inner.catalog.paths(&self.name, after.as_deref(), 1000)?;
+            let Some(last) = page.last().cloned() else {
+                break;
+            };
+            for p in page {
+                let under = root.is_root()
+                    || p == root.as_str()
+                    || p.starts_with(&format!("{}/", root.as_str()));
+                if !under {
+                    continue;
+                }
+                report.paths += 1;
+                let path = RepoPath::parse(&p)?;
+                let live = inner.catalog.latest(&self.name, &path)?.map(|v| v.version);
+                let mut versions = inner.catalog.versions(&self.name, &path)?;
+                versions.reverse(); // newest first
+                for (rank, v) in versions.iter().enumerate() {
+                    let keep = Some(v.version) == live
+                        || rule.keep_last.is_some_and(|n| rank < n)
+                        || rule.keep_within_ns.is_some_and(|d| now - v.created_ns <= d);
+                    if keep {
+                        report.kept += 1;
+                    } else {
+                        doomed.push((path.clone(), v.version));
+                    }
+                }
+            }
+            after = Some(last);
+        }
+        if doomed.is_empty() {
+            return Ok(report);
+        }
+        let ops = doomed
+            .iter()
+            .map(|(p, v)| crate::journal::JournalOp::Forget {
+                path: p.as_str().to_owned(),
+                version: *v,
+            })
+            .collect();
+        self.write_journal(now, ops).await?;
+        for (p, v) in doomed {
+            inner.catalog.forget_version(&self.name, &p, v)?;
+            report.forgotten += 1;
+        }
+        Ok(report)
     }
 
     /// Writes the latest version of `path` to `out`.

@@ -114,6 +114,19 @@ enum Cmd {
     /// Rebuild missing or corrupt shards from the survivors (needs no
     /// passphrase). Safe to interrupt and rerun.
     Repair,
+    /// Forget old versions (retention). The latest version of a live file
+    /// is always kept; what is forgotten becomes garbage for `gc`.
+    Forget {
+        /// Apply to files under this path.
+        #[arg(default_value = "/")]
+        path: String,
+        /// Keep the newest N versions of each file.
+        #[arg(long)]
+        keep_last: Option<usize>,
+        /// Keep versions newer than this: 45s, 30m, 12h, 7d.
+        #[arg(long, value_parser = parse_duration_ns)]
+        keep_within: Option<i64>,
+    },
     /// Make a new catalog from the backends alone (after losing it). Reads
     /// the config from `--config` or from a local backend's `config.json`
     /// under the data directory; adopts `--tenant` with the passphrase.
@@ -138,6 +151,23 @@ fn passphrase(cli: &Cli) -> Result<String, Error> {
             "no passphrase: set ASHEVILLE_PASSPHRASE or pass --passphrase-file FILE",
         )),
     }
+}
+
+/// `45s`, `30m`, `12h`, `7d` as nanoseconds.
+fn parse_duration_ns(s: &str) -> Result<i64, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = num
+        .parse()
+        .map_err(|_| format!("`{s}`: expected a number followed by s, m, h or d"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("`{s}`: the unit must be s, m, h or d")),
+    };
+    n.checked_mul(secs * 1_000_000_000)
+        .ok_or_else(|| format!("`{s}` is too long"))
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(f: &Path) -> Result<T, Error> {
@@ -447,6 +477,26 @@ async fn run(cli: &Cli) -> Result<ExitCode, Error> {
                     );
                 }
                 return Ok(ExitCode::FAILURE);
+            }
+        }
+        Cmd::Forget {
+            path,
+            keep_last,
+            keep_within,
+        } => {
+            let t = open(cli, false).await?;
+            let rule = asheville_storage::Retention {
+                keep_last: *keep_last,
+                keep_within_ns: *keep_within,
+            };
+            let r = t.apply_retention(path, rule).await?;
+            if cli.json {
+                print_json(&serde_json::to_value(&r).unwrap_or_default());
+            } else {
+                println!(
+                    "{} files: kept {} versions, forgot {}",
+                    r.paths, r.kept, r.forgotten
+                );
             }
         }
         Cmd::RebuildCatalog { config } => {

@@ -188,6 +188,25 @@ fn directory_round_trip_keeps_bytes_mtime_and_permissions() {
         &["--json", "versions", "/backup/a.txt"],
     ));
     assert_eq!(vs.as_array().unwrap().len(), 2);
+    let f = json(asheville(
+        &data,
+        "pw",
+        &["--json", "forget", "/backup", "--keep-last", "1"],
+    ));
+    assert_eq!(f["forgotten"], 1, "a.txt v1");
+    assert_eq!(
+        json(asheville(
+            &data,
+            "pw",
+            &["--json", "versions", "/backup/a.txt"]
+        ))
+        .as_array()
+        .unwrap()
+        .len(),
+        1
+    );
+    let o = asheville(&data, "pw", &["forget", "--keep-within", "3 weeks"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("unit"));
     ok(asheville(&data, "pw", &["rm", "/backup/a.txt"]));
     let e = json_err(asheville(&data, "pw", &["--json", "stat", "/backup/a.txt"]));
     assert_eq!(e, "not_found");

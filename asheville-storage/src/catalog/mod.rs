@@ -177,6 +177,13 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<ListPage>;
+    /// Removes one version record and the references it held. Refuses
+    /// (`InvalidInput`) the latest version of a live file; forgetting the
+    /// last version of a deleted file removes the file entirely.
+    fn forget_version(&self, tenant: &str, path: &RepoPath, version: u64) -> Result<()>;
+    /// Every path that has versions (live or deleted), in order, strictly
+    /// after `after`, at most `limit`.
+    fn paths(&self, tenant: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>>;
     /// References held on a blob by file versions.
     fn refcount(&self, tenant: &str, id: &ChunkId) -> Result<u64>;
 }

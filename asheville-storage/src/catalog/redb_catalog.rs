@@ -381,6 +381,84 @@ impl Catalog for RedbCatalog {
         Ok(page)
     }
 
+    fn forget_version(&self, tenant: &str, path: &RepoPath, version: u64) -> Result<()> {
+        let w = self.db.begin_write()?;
+        {
+            let mut heads = w.open_table(FILES)?;
+            let fk = file_key(tenant, path);
+            let head: FileHead = heads
+                .get(fk.as_str())?
+                .map(|v| dec(v.value()))
+                .transpose()?
+                .ok_or_else(|| {
+                    Error::new(ErrorKind::NotFound, "no such file").with_context("path", path)
+                })?;
+            if !head.deleted && head.latest == version {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    "the latest version of a live file cannot be forgotten",
+                )
+                .with_context("path", path)
+                .with_context("version", version));
+            }
+            let mut versions = w.open_table(VERSIONS)?;
+            let vk = version_key(tenant, path, version);
+            let fv: FileVersion = versions
+                .remove(vk.as_slice())?
+                .map(|v| dec(v.value()))
+                .transpose()?
+                .ok_or_else(|| {
+                    Error::new(ErrorKind::NotFound, "no such version")
+                        .with_context("path", path)
+                        .with_context("version", version)
+                })?;
+            let mut refs = w.open_table(REFS)?;
+            for c in &fv.chunks {
+                let k = blob_key(tenant, &c.id);
+                let n = refs.get(k.as_slice())?.map(|v| v.value()).unwrap_or(0);
+                if n <= 1 {
+                    refs.remove(k.as_slice())?;
+                } else {
+                    refs.insert(k.as_slice(), n - 1)?;
+                }
+            }
+            let lo = version_key(tenant, path, 0);
+            let hi = version_key(tenant, path, u64::MAX);
+            if head.deleted
+                && versions
+                    .range(lo.as_slice()..=hi.as_slice())?
+                    .next()
+                    .is_none()
+            {
+                heads.remove(fk.as_str())?;
+            }
+        }
+        w.commit()?;
+        Ok(())
+    }
+
+    fn paths(&self, tenant: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
+        let r = self.db.begin_read()?;
+        let files = r.open_table(FILES)?;
+        let prefix = format!("{tenant}\0");
+        let start = match after {
+            Some(a) => format!("{prefix}{a}\0"),
+            None => prefix.clone(),
+        };
+        let mut out = Vec::new();
+        for item in files.range(start.as_str()..)? {
+            let (k, _) = item?;
+            let Some(p) = k.value().strip_prefix(prefix.as_str()) else {
+                break;
+            };
+            out.push(p.to_owned());
+            if out.len() == limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     fn refcount(&self, tenant: &str, id: &ChunkId) -> Result<u64> {
         let r = self.db.begin_read()?;
         let t = r.open_table(REFS)?;

@@ -324,3 +324,153 @@ async fn snapshot(t: &Tenant) -> Vec<(String, u64, FileMeta, Vec<u8>)> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_forgets_old_versions_and_a_rebuild_agrees() {
+    use asheville_storage::Retention;
+    let dir = tempfile::tempdir().unwrap();
+    let cat = dir.path().join("c.redb");
+    let config = small_config(dir.path(), 3, "rs(2,1)");
+    let repo = Repository::create(&cat, config.clone()).await.unwrap();
+    let t = repo
+        .create_tenant("acme", TenantKey::Passphrase("pw".into()))
+        .await
+        .unwrap();
+    let bodies: Vec<Vec<u8>> = (0..5).map(|i| random(100_000, 500 + i)).collect();
+    for b in &bodies {
+        t.put("keep/file", &b[..], FileMeta::default())
+            .await
+            .unwrap();
+    }
+    for b in &bodies[..3] {
+        t.put("gone/file", &b[..], FileMeta::default())
+            .await
+            .unwrap();
+    }
+    t.delete("gone/file").await.unwrap();
+    t.put("other/x", &b"x"[..], FileMeta::default())
+        .await
+        .unwrap();
+    let first_chunk = t.versions("keep/file").unwrap()[0].chunks[0].id;
+    assert_eq!(
+        repo.catalog().refcount("acme", &first_chunk).unwrap(),
+        2,
+        "v1 of both files"
+    );
+
+    let e = t
+        .apply_retention("/", Retention::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.kind(),
+        asheville_storage::ErrorKind::InvalidInput,
+        "an empty rule is refused"
+    );
+    // Keep-within of an hour keeps everything.
+    let r = t
+        .apply_retention(
+            "/",
+            Retention {
+                keep_last: None,
+                keep_within_ns: Some(3_600_000_000_000),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.forgotten, 0);
+
+    let r = t
+        .apply_retention(
+            "keep",
+            Retention {
+                keep_last: Some(2),
+                keep_within_ns: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.paths, r.forgotten), (1, 3));
+    let left: Vec<u64> = t
+        .versions("keep/file")
+        .unwrap()
+        .iter()
+        .map(|v| v.version)
+        .collect();
+    assert_eq!(left, [4, 5]);
+    assert_eq!(
+        repo.catalog().refcount("acme", &first_chunk).unwrap(),
+        1,
+        "only gone/file v1 still refers to it"
+    );
+    let mut out = Vec::new();
+    t.get_version("keep/file", 4, &mut out).await.unwrap();
+    assert_eq!(out, bodies[3]);
+    assert_eq!(
+        t.get_version("keep/file", 1, &mut Vec::new())
+            .await
+            .unwrap_err()
+            .kind(),
+        asheville_storage::ErrorKind::NotFound
+    );
+
+    // A deleted file may lose every version; then it is gone entirely.
+    let r = t
+        .apply_retention(
+            "gone",
+            Retention {
+                keep_last: Some(0),
+                keep_within_ns: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.forgotten, 3);
+    assert!(t.versions("gone/file").unwrap().is_empty());
+    assert_eq!(
+        repo.catalog().refcount("acme", &first_chunk).unwrap(),
+        0,
+        "nothing refers to it: gc may reclaim it"
+    );
+    // The latest version of a live file always stays.
+    t.apply_retention(
+        "/",
+        Retention {
+            keep_last: Some(0),
+            keep_within_ns: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(t.versions("keep/file").unwrap().len(), 1);
+    assert_eq!(get(&t, "keep/file").await, bodies[4]);
+    let expected = (
+        t.versions("keep/file").unwrap(),
+        t.versions("other/x").unwrap(),
+        t.versions("gone/file").unwrap(),
+    );
+    drop((t, repo));
+
+    std::fs::remove_file(&cat).unwrap();
+    let (repo, report) = asheville_storage::rebuild::rebuild_catalog(
+        &cat,
+        config,
+        vec![("acme".into(), TenantKey::Passphrase("pw".into()))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.forgotten, 7);
+    let t = repo
+        .tenant("acme", TenantKey::Passphrase("pw".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            t.versions("keep/file").unwrap(),
+            t.versions("other/x").unwrap(),
+            t.versions("gone/file").unwrap()
+        ),
+        expected
+    );
+    assert_eq!(repo.catalog().refcount("acme", &first_chunk).unwrap(), 0);
+}
