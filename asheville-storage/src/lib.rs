@@ -64,4 +64,6 @@ pub use catalog::{
 pub use config::{BackendConfig, RepoConfig};
 pub use error::{Error, ErrorKind, Result};
 pub use path::RepoPath;
-pub use repository::{Batch, Repository, Retention, RetentionReport, Tenant, TenantKey};
+pub use repository::{
+    Batch, GcOptions, GcReport, Repository, Retention, RetentionReport, Tenant, TenantKey,
+};

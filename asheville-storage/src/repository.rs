@@ -488,6 +488,8 @@ struct PackWriter<'a> {
     pending: HashSet<ChunkId>,
     uploads: JoinSet<Result<()>>,
     permits: Arc<Semaphore>,
+    /// Repacking: blob entries move to the new packs.
+    moving: bool,
 }
 
 impl<'a> PackWriter<'a> {
@@ -500,6 +502,7 @@ impl<'a> PackWriter<'a> {
             pending: HashSet::new(),
             uploads: JoinSet::new(),
             permits: Arc::new(Semaphore::new(cfg.packs_in_flight)),
+            moving: false,
         }
     }
 
@@ -532,8 +535,9 @@ impl<'a> PackWriter<'a> {
         let chunks = std::mem::take(&mut self.chunks);
         let bytes = std::mem::take(&mut self.bytes);
         let t = self.t.clone();
+        let moving = self.moving;
         self.uploads.spawn(async move {
-            let r = upload_pack(&t, chunks, bytes).await;
+            let r = upload_pack(&t, chunks, bytes, moving).await;
             drop(permit);
             r
         });
@@ -550,6 +554,43 @@ impl<'a> PackWriter<'a> {
         }
         first_err.map_or(Ok(()), Err)
     }
+}
+
+/// How [`Tenant::gc`] works.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GcOptions {
+    /// A condemned pack is deleted only after this long (ns), so that
+    /// readers that looked a chunk up before it died can finish. Default:
+    /// one hour.
+    pub grace_ns: i64,
+    /// Packs whose live share is below this are repacked (default 0.5).
+    pub repack_below: f64,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions {
+            grace_ns: 3_600 * 1_000_000_000,
+            repack_below: 0.5,
+        }
+    }
+}
+
+/// What [`Tenant::gc`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GcReport {
+    /// Packs deleted (condemned at least the grace period ago and still dead).
+    pub packs_deleted: u64,
+    /// Shard objects deleted.
+    pub objects_deleted: u64,
+    /// Packs condemned by this run (deleted by a run after the grace period).
+    pub packs_condemned: u64,
+    /// Condemned packs found referenced again and kept.
+    pub packs_revived: u64,
+    /// Packs repacked (their live blobs moved; they are then condemned).
+    pub packs_repacked: u64,
+    /// Live blobs moved by repacking.
+    pub blobs_moved: u64,
 }
 
 /// Which versions [`Tenant::apply_retention`] keeps.
@@ -639,7 +680,7 @@ impl Batch<'_> {
             });
             size += chunk.len() as u64;
             if !self.writer.pending.contains(&id)
-                && inner.catalog.blob(&self.t.name, &id)?.is_none()
+                && inner.catalog.blob_for_dedup(&self.t.name, &id)?.is_none()
             {
                 self.writer.add(id, chunk).await?;
             }
@@ -730,7 +771,12 @@ impl Batch<'_> {
 
 /// Encodes a finished pack, writes every shard to its backend, then
 /// records the pack and its blobs in the catalog (in that order).
-async fn upload_pack(t: &Tenant, chunks: Vec<(ChunkId, Vec<u8>)>, bytes: usize) -> Result<()> {
+async fn upload_pack(
+    t: &Tenant,
+    chunks: Vec<(ChunkId, Vec<u8>)>,
+    bytes: usize,
+    moving: bool,
+) -> Result<()> {
     let inner = &t.repo.inner;
     let id = PackId::random()?;
     let codec = inner.codec.clone();
@@ -810,9 +856,15 @@ async fn upload_pack(t: &Tenant, chunks: Vec<(ChunkId, Vec<u8>)>, bytes: usize) 
         })
         .collect();
     let catalog = inner.catalog.clone();
-    tokio::task::spawn_blocking(move || catalog.commit_pack(&record, &blobs))
-        .await
-        .map_err(join_err)?
+    tokio::task::spawn_blocking(move || {
+        if moving {
+            catalog.commit_repacked(&record, &blobs)
+        } else {
+            catalog.commit_pack(&record, &blobs)
+        }
+    })
+    .await
+    .map_err(join_err)?
 }
 
 /// Metadata of a local file.
@@ -1013,6 +1065,94 @@ impl Tenant {
         Ok(report)
     }
 
+    /// Garbage collection for this tenant, in two phases so that neither a
+    /// concurrent reader nor a concurrent writer loses a chunk:
+    ///
+    /// 1. *Sweep*: packs condemned at least `grace_ns` ago are re-checked
+    ///    in one catalog transaction; if still dead, their blobs and record
+    ///    go, then their shard objects. If a writer referenced one of their
+    ///    blobs meanwhile, the pack is kept.
+    /// 2. *Mark*: packs with no referenced blob are condemned; packs whose
+    ///    live share is under `repack_below` have their live blobs copied
+    ///    into new packs (entries move) and are condemned. Deduplication
+    ///    ignores condemned packs, so new writes store such chunks again;
+    ///    readers still find them until the sweep.
+    pub async fn gc(&self, opts: GcOptions) -> Result<GcReport> {
+        let inner = &self.repo.inner;
+        let now = crate::catalog::now_ns();
+        let mut report = GcReport::default();
+        for (pack, at) in inner.catalog.condemned(&self.name)? {
+            if now - at < opts.grace_ns {
+                continue;
+            }
+            let rec = self.repo.pack_record(&pack)?;
+            if inner.catalog.sweep(&pack)? {
+                report.packs_deleted += 1;
+                for (i, name) in rec.shards.iter().enumerate() {
+                    if let Some(b) = inner.backends.iter().find(|b| b.name() == name) {
+                        b.delete(&shard_key(&pack, i)).await?;
+                        report.objects_deleted += 1;
+                    }
+                }
+                inner
+                    .packs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&pack);
+            } else {
+                report.packs_revived += 1;
+            }
+        }
+        let condemned: HashSet<PackId> = inner
+            .catalog
+            .condemned(&self.name)?
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        let mut live: HashMap<PackId, (u64, Vec<ChunkId>)> = HashMap::new();
+        let mut seen: HashSet<PackId> = HashSet::new();
+        for (id, loc, refs) in inner.catalog.tenant_blobs(&self.name)? {
+            seen.insert(loc.pack);
+            if refs > 0 {
+                let e = live.entry(loc.pack).or_default();
+                e.0 += u64::from(loc.len);
+                e.1.push(id);
+            }
+        }
+        let mut writer = PackWriter::new(self);
+        writer.moving = true;
+        let mut repacked = Vec::new();
+        for pack in seen {
+            if condemned.contains(&pack) {
+                continue;
+            }
+            match live.get(&pack) {
+                None => {
+                    inner.catalog.condemn(&pack, now)?;
+                    report.packs_condemned += 1;
+                }
+                Some((bytes, ids)) => {
+                    let rec = self.repo.pack_record(&pack)?;
+                    if (*bytes as f64) < opts.repack_below * rec.data_len as f64 {
+                        for id in ids {
+                            let plain = self.read_plain(id).await?;
+                            writer.add(*id, plain.to_vec()).await?;
+                            report.blobs_moved += 1;
+                        }
+                        repacked.push(pack);
+                    }
+                }
+            }
+        }
+        writer.finish().await?;
+        for pack in repacked {
+            inner.catalog.condemn(&pack, now)?;
+            report.packs_repacked += 1;
+            report.packs_condemned += 1;
+        }
+        Ok(report)
+    }
+
     /// Writes the latest version of `path` to `out`.
     pub async fn get<W: AsyncWrite + Unpin>(&self, path: &str, out: &mut W) -> Result<FileVersion> {
         let fv = self.stat(path)?;
@@ -1091,18 +1231,32 @@ impl Tenant {
     /// otherwise from any `k` good shards of its pack. Never returns bytes
     /// that did not authenticate.
     async fn read_chunk(&self, c: &ChunkRef) -> Result<Arc<Vec<u8>>> {
+        let v = self.read_plain(&c.id).await?;
+        if v.len() != c.len as usize {
+            return Err(Error::new(
+                ErrorKind::Integrity,
+                "chunk length differs from the catalog",
+            )
+            .with_context("chunk", c.id));
+        }
+        Ok(v)
+    }
+
+    /// A chunk's plaintext (authenticated), from the cache or the backends.
+    async fn read_plain(&self, id: &ChunkId) -> Result<Arc<Vec<u8>>> {
+        let id = *id;
         let inner = &self.repo.inner;
-        let ck = CacheKey::Chunk(self.name.clone(), c.id);
+        let ck = CacheKey::Chunk(self.name.clone(), id);
         if let Some(v) = inner.cache.get(&ck) {
             return Ok(v);
         }
-        let loc = inner.catalog.blob(&self.name, &c.id)?.ok_or_else(|| {
+        let loc = inner.catalog.blob(&self.name, &id)?.ok_or_else(|| {
             Error::new(ErrorKind::Integrity, "chunk missing from the catalog")
-                .with_context("chunk", c.id)
+                .with_context("chunk", id)
         })?;
         let pack = self.repo.pack_record(&loc.pack)?;
         let fast = match self.read_blob_direct(&pack, &loc).await {
-            Ok(blob) => self.sealer.open(&c.id, &blob).map_err(Error::from),
+            Ok(blob) => self.sealer.open(&id, &blob).map_err(Error::from),
             Err(e) => Err(e),
         };
         let plain = match fast {
@@ -1116,17 +1270,10 @@ impl Tenant {
                             .with_context("pack", pack.id)
                     })?;
                 self.sealer
-                    .open(&c.id, blob)
+                    .open(&id, blob)
                     .map_err(|e| Error::from(e).with_context("pack", pack.id))?
             }
         };
-        if plain.len() != c.len as usize {
-            return Err(Error::new(
-                ErrorKind::Integrity,
-                "chunk length differs from the catalog",
-            )
-            .with_context("chunk", c.id));
-        }
         let v = Arc::new(plain);
         inner.cache.put(ck, v.clone());
         Ok(v)

@@ -149,7 +149,8 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     fn create_tenant(&self, name: &str, record: &[u8]) -> Result<()>;
     /// Where a blob is.
     fn blob(&self, tenant: &str, id: &ChunkId) -> Result<Option<BlobLoc>>;
-    /// Records a pack and its blobs (blobs already known keep their place).
+    /// Records a pack and its blobs. Blobs already known keep their place,
+    /// unless that place is a pack condemned by gc.
     fn commit_pack(&self, pack: &PackRecord, blobs: &[(ChunkId, BlobLoc)]) -> Result<()>;
     /// A pack.
     fn pack(&self, id: &PackId) -> Result<Option<PackRecord>>;
@@ -184,6 +185,23 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     /// Every path that has versions (live or deleted), in order, strictly
     /// after `after`, at most `limit`.
     fn paths(&self, tenant: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>>;
+    /// Where a blob is, for deduplication: `None` also when its pack is
+    /// condemned by gc (the chunk must be stored again).
+    fn blob_for_dedup(&self, tenant: &str, id: &ChunkId) -> Result<Option<BlobLoc>>;
+    /// Records a pack whose blobs *move* to it (repacking): existing blob
+    /// entries are overwritten.
+    fn commit_repacked(&self, pack: &PackRecord, blobs: &[(ChunkId, BlobLoc)]) -> Result<()>;
+    /// Every blob of a tenant with its location and reference count.
+    fn tenant_blobs(&self, tenant: &str) -> Result<Vec<(ChunkId, BlobLoc, u64)>>;
+    /// Marks a pack condemned at `at_ns` (gc's first phase).
+    fn condemn(&self, pack: &PackId, at_ns: i64) -> Result<()>;
+    /// Condemned packs of a tenant with the time they were condemned.
+    fn condemned(&self, tenant: &str) -> Result<Vec<(PackId, i64)>>;
+    /// gc's second phase for one pack, in one transaction: if any blob
+    /// located in it is referenced again, un-condemns it and returns
+    /// `false`; otherwise removes its blobs, its record and its mark and
+    /// returns `true` (its shard objects may then be deleted).
+    fn sweep(&self, pack: &PackId) -> Result<bool>;
     /// References held on a blob by file versions.
     fn refcount(&self, tenant: &str, id: &ChunkId) -> Result<u64>;
 }

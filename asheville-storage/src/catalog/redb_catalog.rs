@@ -17,6 +17,8 @@ const BLOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blobs");
 /// tenant \0 chunk id -> references
 const REFS: TableDefinition<&[u8], u64> = TableDefinition::new("refs");
 const PACKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("packs");
+/// pack id -> time condemned (ns)
+const CONDEMNED: TableDefinition<&[u8], i64> = TableDefinition::new("condemned");
 /// tenant \0 path -> FileHead
 const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files");
 /// tenant \0 path \0 version(be) -> FileVersion
@@ -88,6 +90,7 @@ impl RedbCatalog {
             w.open_table(t)?;
         }
         w.open_table(REFS)?;
+        w.open_table(CONDEMNED)?;
         w.commit()?;
         Ok(RedbCatalog { db })
     }
@@ -140,9 +143,19 @@ impl Catalog for RedbCatalog {
             let mut p = w.open_table(PACKS)?;
             p.insert(pack.id.as_bytes().as_slice(), enc(pack)?.as_slice())?;
             let mut b = w.open_table(BLOBS)?;
+            let condemned = w.open_table(CONDEMNED)?;
             for (id, loc) in blobs {
                 let k = blob_key(&pack.tenant, id);
-                if b.get(k.as_slice())?.is_none() {
+                // A blob already known keeps its place, unless its pack is
+                // condemned by gc: then the fresh copy is the one to keep.
+                let keep_old = match b.get(k.as_slice())? {
+                    None => false,
+                    Some(old) => {
+                        let old: BlobLoc = dec(old.value())?;
+                        condemned.get(old.pack.as_bytes().as_slice())?.is_none()
+                    }
+                };
+                if !keep_old {
                     b.insert(k.as_slice(), enc(loc)?.as_slice())?;
                 }
             }
@@ -457,6 +470,129 @@ impl Catalog for RedbCatalog {
             }
         }
         Ok(out)
+    }
+
+    fn blob_for_dedup(&self, tenant: &str, id: &ChunkId) -> Result<Option<BlobLoc>> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(BLOBS)?;
+        let Some(v) = t.get(blob_key(tenant, id).as_slice())? else {
+            return Ok(None);
+        };
+        let loc: BlobLoc = dec(v.value())?;
+        let condemned = r
+            .open_table(CONDEMNED)?
+            .get(loc.pack.as_bytes().as_slice())?
+            .is_some();
+        Ok((!condemned).then_some(loc))
+    }
+
+    fn commit_repacked(&self, pack: &PackRecord, blobs: &[(ChunkId, BlobLoc)]) -> Result<()> {
+        let w = self.db.begin_write()?;
+        {
+            w.open_table(PACKS)?
+                .insert(pack.id.as_bytes().as_slice(), enc(pack)?.as_slice())?;
+            let mut b = w.open_table(BLOBS)?;
+            for (id, loc) in blobs {
+                b.insert(blob_key(&pack.tenant, id).as_slice(), enc(loc)?.as_slice())?;
+            }
+        }
+        w.commit()?;
+        Ok(())
+    }
+
+    fn tenant_blobs(&self, tenant: &str) -> Result<Vec<(ChunkId, BlobLoc, u64)>> {
+        let r = self.db.begin_read()?;
+        let blobs = r.open_table(BLOBS)?;
+        let refs = r.open_table(REFS)?;
+        let mut prefix = tenant.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = Vec::new();
+        for item in blobs.range(prefix.as_slice()..)? {
+            let (k, v) = item?;
+            let key = k.value();
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let id = ChunkId::try_from_slice(&key[prefix.len()..])?;
+            let n = refs.get(key)?.map(|v| v.value()).unwrap_or(0);
+            out.push((id, dec(v.value())?, n));
+        }
+        Ok(out)
+    }
+
+    fn condemn(&self, pack: &PackId, at_ns: i64) -> Result<()> {
+        let w = self.db.begin_write()?;
+        {
+            let mut c = w.open_table(CONDEMNED)?;
+            if c.get(pack.as_bytes().as_slice())?.is_none() {
+                c.insert(pack.as_bytes().as_slice(), at_ns)?;
+            }
+        }
+        w.commit()?;
+        Ok(())
+    }
+
+    fn condemned(&self, tenant: &str) -> Result<Vec<(PackId, i64)>> {
+        let r = self.db.begin_read()?;
+        let c = r.open_table(CONDEMNED)?;
+        let packs = r.open_table(PACKS)?;
+        let mut out = Vec::new();
+        for item in c.iter()? {
+            let (k, v) = item?;
+            let id = PackId::try_from_slice(k.value())?;
+            if let Some(p) = packs.get(k.value())? {
+                let rec: PackRecord = dec(p.value())?;
+                if rec.tenant == tenant {
+                    out.push((id, v.value()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn sweep(&self, pack: &PackId) -> Result<bool> {
+        let w = self.db.begin_write()?;
+        let swept;
+        {
+            let mut packs = w.open_table(PACKS)?;
+            let Some(rec) = packs
+                .get(pack.as_bytes().as_slice())?
+                .map(|v| dec::<PackRecord>(v.value()))
+                .transpose()?
+            else {
+                return Ok(false);
+            };
+            let mut blobs = w.open_table(BLOBS)?;
+            let refs = w.open_table(REFS)?;
+            let mut prefix = rec.tenant.as_bytes().to_vec();
+            prefix.push(0);
+            let mut here = Vec::new();
+            let mut live = false;
+            for item in blobs.range(prefix.as_slice()..)? {
+                let (k, v) = item?;
+                if !k.value().starts_with(&prefix) {
+                    break;
+                }
+                let loc: BlobLoc = dec(v.value())?;
+                if loc.pack == *pack {
+                    live |= refs.get(k.value())?.is_some_and(|n| n.value() > 0);
+                    here.push(k.value().to_vec());
+                }
+            }
+            let mut condemned = w.open_table(CONDEMNED)?;
+            condemned.remove(pack.as_bytes().as_slice())?;
+            if live {
+                swept = false;
+            } else {
+                for k in here {
+                    blobs.remove(k.as_slice())?;
+                }
+                packs.remove(pack.as_bytes().as_slice())?;
+                swept = true;
+            }
+        }
+        w.commit()?;
+        Ok(swept)
     }
 
     fn refcount(&self, tenant: &str, id: &ChunkId) -> Result<u64> {
