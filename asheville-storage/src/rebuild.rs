@@ -117,6 +117,7 @@ pub async fn rebuild_catalog(
         keys.sort();
         keys.dedup();
         let seal = Repository::tenant_seal_key(t);
+        let mut records = Vec::with_capacity(keys.len());
         for key in keys {
             let mut record = None;
             for b in repo.backends() {
@@ -127,15 +128,44 @@ pub async fn rebuild_catalog(
                     break;
                 }
             }
-            let Some(record) = record else {
-                return Err(Error::new(
+            let record = record.ok_or_else(|| {
+                Error::new(
                     ErrorKind::Integrity,
                     "a journal record is unreadable on every backend",
                 )
-                .with_context("key", key));
-            };
-            report.journal_records += 1;
-            let created_ns = record.created_ns;
+                .with_context("key", &key)
+            })?;
+            records.push(record);
+        }
+        report.journal_records += records.len() as u64;
+        // Pass 1: number every put as the catalog did, and find the versions
+        // a later record forgets. Their chunks may be gone (gc), so they are
+        // never recreated.
+        let mut next: HashMap<String, u64> = HashMap::new();
+        let mut numbered: Vec<Vec<u64>> = Vec::with_capacity(records.len());
+        let mut forgotten: std::collections::HashSet<(String, u64)> =
+            std::collections::HashSet::new();
+        for record in &records {
+            let mut nums = Vec::new();
+            for op in &record.ops {
+                match op {
+                    JournalOp::Put { path, .. } => {
+                        let n = next.entry(path.clone()).or_insert(0);
+                        *n += 1;
+                        nums.push(*n);
+                    }
+                    JournalOp::Forget { path, version } => {
+                        forgotten.insert((path.clone(), *version));
+                    }
+                    JournalOp::Delete { .. } => {}
+                }
+            }
+            numbered.push(nums);
+        }
+        report.forgotten += forgotten.len() as u64;
+        // Pass 2: replay what survives, in order, with the original numbers.
+        for (record, nums) in records.into_iter().zip(numbered) {
+            let mut nums = nums.into_iter();
             let mut puts = Vec::new();
             for op in record.ops {
                 match op {
@@ -145,31 +175,26 @@ pub async fn rebuild_catalog(
                         meta,
                         chunks,
                     } => {
-                        puts.push(NewVersion {
-                            path: RepoPath::parse(&path)?,
-                            size,
-                            meta,
-                            chunks,
-                            created_ns,
-                        });
+                        let version = nums.next().unwrap_or(0);
+                        if !forgotten.contains(&(path.clone(), version)) {
+                            puts.push(NewVersion {
+                                path: RepoPath::parse(&path)?,
+                                size,
+                                meta,
+                                chunks,
+                                created_ns: record.created_ns,
+                                version,
+                            });
+                        }
                     }
-                    JournalOp::Forget { path, version } => {
-                        // Versions before it in the same record commit first.
+                    JournalOp::Forget { .. } => {}
+                    JournalOp::Delete { path } => {
+                        // Puts before it in the same record commit first.
                         if !puts.is_empty() {
                             report.versions += puts.len() as u64;
                             repo.catalog()
                                 .commit_versions(name, std::mem::take(&mut puts))?;
                         }
-                        match repo
-                            .catalog()
-                            .forget_version(name, &RepoPath::parse(&path)?, version)
-                        {
-                            Ok(()) => report.forgotten += 1,
-                            Err(e) if e.kind() == ErrorKind::NotFound => {}
-                            Err(e) => return Err(e),
-                        }
-                    }
-                    JournalOp::Delete { path } => {
                         report.deletes += 1;
                         match repo.catalog().delete(name, &RepoPath::parse(&path)?) {
                             Ok(()) => {}

@@ -693,6 +693,7 @@ impl Batch<'_> {
             meta,
             chunks,
             created_ns: 0,
+            version: 0,
         });
         Ok(())
     }

@@ -127,6 +127,16 @@ enum Cmd {
         #[arg(long, value_parser = parse_duration_ns)]
         keep_within: Option<i64>,
     },
+    /// Reclaim space: condemn dead packs, repack mostly-dead ones, and
+    /// delete packs condemned longer ago than the grace period.
+    Gc {
+        /// Grace period before a condemned pack is deleted: 45s, 30m, 12h, 7d.
+        #[arg(long, default_value = "1h", value_parser = parse_duration_ns)]
+        grace: i64,
+        /// Repack packs whose live share is below this fraction.
+        #[arg(long, default_value_t = 0.5)]
+        repack_below: f64,
+    },
     /// Make a new catalog from the backends alone (after losing it). Reads
     /// the config from `--config` or from a local backend's `config.json`
     /// under the data directory; adopts `--tenant` with the passphrase.
@@ -496,6 +506,37 @@ async fn run(cli: &Cli) -> Result<ExitCode, Error> {
                 println!(
                     "{} files: kept {} versions, forgot {}",
                     r.paths, r.kept, r.forgotten
+                );
+            }
+        }
+        Cmd::Gc {
+            grace,
+            repack_below,
+        } => {
+            if !(0.0..=1.0).contains(repack_below) {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    "--repack-below must be between 0 and 1",
+                ));
+            }
+            let t = open(cli, false).await?;
+            let r = t
+                .gc(asheville_storage::GcOptions {
+                    grace_ns: *grace,
+                    repack_below: *repack_below,
+                })
+                .await?;
+            if cli.json {
+                print_json(&serde_json::to_value(&r).unwrap_or_default());
+            } else {
+                println!(
+                    "deleted {} packs ({} objects), condemned {}, repacked {} ({} blobs moved), kept {} referenced again",
+                    r.packs_deleted,
+                    r.objects_deleted,
+                    r.packs_condemned,
+                    r.packs_repacked,
+                    r.blobs_moved,
+                    r.packs_revived
                 );
             }
         }

@@ -208,6 +208,32 @@ fn directory_round_trip_keeps_bytes_mtime_and_permissions() {
     let o = asheville(&data, "pw", &["forget", "--keep-within", "3 weeks"]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("unit"));
     ok(asheville(&data, "pw", &["rm", "/backup/a.txt"]));
+    // A file in packs of its own, removed and forgotten: gc condemns those
+    // packs, then (grace 0s) deletes them; the rest stays readable.
+    let big = tmp.path().join("big.bin");
+    std::fs::write(
+        &big,
+        (0..3_000_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap();
+    ok(asheville(
+        &data,
+        "pw",
+        &["put", big.to_str().unwrap(), "/scratch/big.bin"],
+    ));
+    ok(asheville(&data, "pw", &["rm", "/scratch/big.bin"]));
+    ok(asheville(
+        &data,
+        "pw",
+        &["forget", "/scratch", "--keep-last", "0"],
+    ));
+    let g = json(asheville(&data, "pw", &["--json", "gc", "--grace", "0s"]));
+    assert!(g["packs_condemned"].as_u64().unwrap() >= 1, "{g}");
+    assert_eq!(g["packs_deleted"], 0, "the first run only condemns: {g}");
+    let g = json(asheville(&data, "pw", &["--json", "gc", "--grace", "0s"]));
+    assert!(g["packs_deleted"].as_u64().unwrap() >= 1, "{g}");
     let e = json_err(asheville(&data, "pw", &["--json", "stat", "/backup/a.txt"]));
     assert_eq!(e, "not_found");
 

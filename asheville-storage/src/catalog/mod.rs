@@ -79,6 +79,9 @@ pub struct NewVersion {
     pub chunks: Vec<ChunkRef>,
     /// Commit time, ns since the epoch (the journal records the same).
     pub created_ns: i64,
+    /// The version number to use; 0 = the next one. A rebuild replays
+    /// numbers from the journal, skipping versions that were forgotten.
+    pub version: u64,
 }
 
 /// Now, in ns since the Unix epoch.

@@ -223,7 +223,20 @@ impl Catalog for RedbCatalog {
                     .get(fk.as_str())?
                     .map(|v| dec(v.value()))
                     .transpose()?;
-                let version = prev.map(|h| h.latest + 1).unwrap_or(1);
+                let next = prev.map(|h| h.latest + 1).unwrap_or(1);
+                let version = match f.version {
+                    0 => next,
+                    v if v >= next => v,
+                    v => {
+                        return Err(Error::new(
+                            ErrorKind::InvalidInput,
+                            "version numbers only grow",
+                        )
+                        .with_context("path", &f.path)
+                        .with_context("version", v)
+                        .with_context("next", next));
+                    }
+                };
                 let fv = FileVersion {
                     path: f.path.as_str().to_owned(),
                     version,

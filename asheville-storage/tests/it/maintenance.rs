@@ -553,6 +553,27 @@ async fn gc_reclaims_dead_packs_after_the_grace_period_only() {
         objects_before,
         pack_objects(dir.path())
     );
+
+    // A catalog rebuilt after gc does not try to recreate versions whose
+    // chunks gc reclaimed (they were forgotten first).
+    let config = repo.config().clone();
+    drop((t, repo));
+    std::fs::remove_file(dir.path().join("c.redb")).unwrap();
+    let (repo, report) = asheville_storage::rebuild::rebuild_catalog(
+        &dir.path().join("c.redb"),
+        config,
+        vec![("acme".into(), TenantKey::Passphrase("pw".into()))],
+    )
+    .await
+    .unwrap();
+    assert!(report.skipped.is_empty(), "{report:?}");
+    let t = repo
+        .tenant("acme", TenantKey::Passphrase("pw".into()))
+        .await
+        .unwrap();
+    assert_eq!(get(&t, "keep").await, keep);
+    assert_eq!(get(&t, "again").await, old);
+    assert!(t.versions("tmp").unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -663,6 +684,7 @@ async fn gc_repacks_mostly_dead_packs_and_revives_packs_referenced_again() {
                 meta: FileMeta::default(),
                 chunks: vec![asheville_storage::ChunkRef { id: blob.0, len: 0 }],
                 created_ns: 0,
+                version: 0,
             }],
         )
         .unwrap();

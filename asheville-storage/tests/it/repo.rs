@@ -520,3 +520,33 @@ async fn a_batch_shares_packs_and_commits_atomically() {
     assert!(batch.commit().await.is_err());
     assert_eq!(t.stat("ok").unwrap_err().kind(), ErrorKind::NotFound);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_chunks_inside_one_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repository::create(
+        &dir.path().join("c.redb"),
+        small_config(dir.path(), 3, "rs(2,1)"),
+    )
+    .await
+    .unwrap();
+    let t = repo
+        .create_tenant("acme", TenantKey::Passphrase("pw".into()))
+        .await
+        .unwrap();
+    let data: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
+        .collect();
+    let v = t
+        .put("periodic", &data[..], FileMeta::default())
+        .await
+        .unwrap();
+    let distinct: std::collections::HashSet<_> = v.chunks.iter().map(|c| c.id).collect();
+    assert!(
+        distinct.len() < v.chunks.len(),
+        "the data repeats chunks ({} of {})",
+        distinct.len(),
+        v.chunks.len()
+    );
+    assert_eq!(get(&t, "periodic").await, data);
+}
