@@ -255,8 +255,45 @@ impl Repository {
         })
     }
 
+    /// A repository with a new list of backends (added, re-weighted,
+    /// drained with weight 0, or removed), sharing this one's catalog. The
+    /// new configuration is stored in the catalog and on every backend.
+    /// Existing shards stay where they are until [`Repository::rebalance`].
+    pub async fn update_backends(
+        &self,
+        backends: Vec<crate::config::BackendConfig>,
+    ) -> Result<Repository> {
+        let mut config = self.inner.config.clone();
+        config.backends = backends;
+        config.validate()?;
+        let json = serde_json::to_vec_pretty(&config)
+            .map_err(|e| Error::new(ErrorKind::Other, "cannot encode config").set_source(e))?;
+        let opened: Vec<DynBackend> = config
+            .backends
+            .iter()
+            .map(|b| {
+                match self
+                    .inner
+                    .backends
+                    .iter()
+                    .zip(&self.inner.config.backends)
+                    .find(|(_, c)| c.name == b.name && c.kind == b.kind)
+                {
+                    Some((existing, _)) => Ok(existing.clone()),
+                    None => Ok(Arc::new(ObjectStoreBackend::open(&b.name, &b.kind)?) as DynBackend),
+                }
+            })
+            .collect::<Result<_>>()?;
+        for b in &opened {
+            b.put("config.json", vec![Bytes::from(json.clone())])
+                .await?;
+        }
+        self.inner.catalog.set_meta(CONFIG_KEY, &json)?;
+        Repository::with_parts(config, opened, self.inner.catalog.clone())
+    }
+
     /// A committed pack's record (cached: records never change).
-    fn pack_record(&self, id: &PackId) -> Result<Arc<PackRecord>> {
+    pub(crate) fn pack_record(&self, id: &PackId) -> Result<Arc<PackRecord>> {
         let lock = || self.inner.packs.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = lock().get(id) {
             return Ok(p.clone());
@@ -272,6 +309,15 @@ impl Repository {
         }
         map.insert(*id, rec.clone());
         Ok(rec)
+    }
+
+    /// Forgets a cached pack record (after it changed).
+    pub(crate) fn uncache_pack(&self, id: &PackId) {
+        self.inner
+            .packs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
     }
 
     /// The backend names placement chooses for the shards of `pack`.

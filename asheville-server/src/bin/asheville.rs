@@ -127,6 +127,14 @@ enum Cmd {
         #[arg(long, value_parser = parse_duration_ns)]
         keep_within: Option<i64>,
     },
+    /// Move shards to where placement now puts them. With `--config`,
+    /// first apply that file's backends (add, re-weight, drain with weight
+    /// 0, remove). Needs no passphrase.
+    Rebalance {
+        /// A repository config whose `backends` replace the current ones.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Reclaim space: condemn dead packs, repack mostly-dead ones, and
     /// delete packs condemned longer ago than the grace period.
     Gc {
@@ -507,6 +515,30 @@ async fn run(cli: &Cli) -> Result<ExitCode, Error> {
                     "{} files: kept {} versions, forgot {}",
                     r.paths, r.kept, r.forgotten
                 );
+            }
+        }
+        Cmd::Rebalance { config } => {
+            let mut repo = Repository::open(&catalog_path(&cli.data_dir)).await?;
+            if let Some(f) = config {
+                let new: RepoConfig = read_json(f)?;
+                repo = repo.update_backends(new.backends).await?;
+            }
+            let bar = Bar::new(cli.json);
+            let r = repo.rebalance(&bar).await?;
+            bar.0.finish_and_clear();
+            if cli.json {
+                print_json(&serde_json::to_value(&r).unwrap_or_default());
+            } else {
+                println!(
+                    "examined {} packs: moved {} shards, {} already in place",
+                    r.packs, r.shards_moved, r.shards_in_place
+                );
+                for (pack, why) in &r.failed {
+                    println!("could not move pack {pack}: {why}");
+                }
+            }
+            if !r.failed.is_empty() {
+                return Ok(ExitCode::FAILURE);
             }
         }
         Cmd::Gc {

@@ -698,3 +698,100 @@ async fn gc_repacks_mostly_dead_packs_and_revives_packs_referenced_again() {
     assert_eq!((r.packs_revived, r.packs_deleted), (1, 0), "{r:?}");
     assert!(repo.catalog().blob("acme", &blob.0).unwrap().is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_remove_and_add_backends_with_rebalance() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config(dir.path(), 5, "rs(2,1)");
+    let repo = Repository::create(&dir.path().join("c.redb"), config.clone())
+        .await
+        .unwrap();
+    let t = repo
+        .create_tenant("acme", TenantKey::Passphrase("pw".into()))
+        .await
+        .unwrap();
+    let mut files = Vec::new();
+    let mut batch = t.batch();
+    for i in 0..30 {
+        let data = random(100_000 + i * 13_000, 900 + i as u64);
+        batch
+            .add(&format!("f{i:02}"), &data[..], FileMeta::default())
+            .await
+            .unwrap();
+        files.push((format!("f{i:02}"), data));
+    }
+    batch.commit().await.unwrap();
+    let before = repo.check(false, &NoProgress).await.unwrap();
+    assert!(before.problems.is_empty());
+    let total_shards = before.shards;
+
+    // Nothing changed: nothing moves.
+    assert_eq!(repo.rebalance(&NoProgress).await.unwrap().shards_moved, 0);
+
+    // Drain backend-2 (weight 0): its shards move, and only shards that must.
+    let mut drained = config.backends.clone();
+    drained[2].weight = 0.0;
+    let repo = repo.update_backends(drained.clone()).await.unwrap();
+    let r = repo.rebalance(&NoProgress).await.unwrap();
+    assert!(r.failed.is_empty(), "{:?}", r.failed);
+    let on_2 = shard_files(dir.path())
+        .iter()
+        .filter(|p| p.starts_with(dir.path().join("backend-2")))
+        .count();
+    assert_eq!(on_2, 0, "the drained backend holds nothing");
+    assert!(
+        r.shards_moved > 0 && (r.shards_moved as f64) < 0.45 * total_shards as f64,
+        "moved {} of {total_shards}",
+        r.shards_moved
+    );
+    eprintln!("drain: moved {} of {} shards", r.shards_moved, total_shards);
+
+    // Remove it from the configuration and delete its directory: nothing is lost.
+    let mut removed = drained.clone();
+    removed.remove(2);
+    let repo = repo.update_backends(removed.clone()).await.unwrap();
+    std::fs::remove_dir_all(dir.path().join("backend-2")).unwrap();
+    assert!(
+        repo.check(true, &NoProgress)
+            .await
+            .unwrap()
+            .problems
+            .is_empty()
+    );
+    let t = repo
+        .tenant("acme", TenantKey::Passphrase("pw".into()))
+        .await
+        .unwrap();
+    all_read_back(&t, &files).await;
+
+    // Add a backend: it receives about its share, no more.
+    let mut added = removed.clone();
+    let mut extra = added[0].clone();
+    extra.name = "backend-new".into();
+    extra.kind = asheville_storage::BackendKind::Local {
+        path: dir.path().join("backend-new"),
+        fsync: true,
+    };
+    added.push(extra);
+    let repo = repo.update_backends(added).await.unwrap();
+    let r = repo.rebalance(&NoProgress).await.unwrap();
+    eprintln!("add: moved {} of {} shards", r.shards_moved, total_shards);
+    assert!(r.shards_moved > 0 && (r.shards_moved as f64) < 0.45 * total_shards as f64);
+    assert_eq!(
+        repo.rebalance(&NoProgress).await.unwrap().shards_moved,
+        0,
+        "idempotent"
+    );
+    assert!(
+        repo.check(true, &NoProgress)
+            .await
+            .unwrap()
+            .problems
+            .is_empty()
+    );
+    let t = repo
+        .tenant("acme", TenantKey::Passphrase("pw".into()))
+        .await
+        .unwrap();
+    all_read_back(&t, &files).await;
+}
