@@ -26,6 +26,7 @@
 //! # }
 //! ```
 
+pub mod archive;
 pub mod backend;
 pub mod cache;
 pub mod catalog;

@@ -1006,6 +1006,11 @@ impl Tenant {
             .ok_or_else(|| Error::new(ErrorKind::NotFound, "no such file").with_context("path", &p))
     }
 
+    /// Every path with versions (live or deleted), in order, after `after`.
+    pub fn all_paths(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
+        self.repo.inner.catalog.paths(&self.name, after, limit)
+    }
+
     /// All versions of `path`, oldest first (also of a deleted file).
     pub fn versions(&self, path: &str) -> Result<Vec<FileVersion>> {
         let p = RepoPath::parse(path)?;

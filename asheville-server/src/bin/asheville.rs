@@ -145,6 +145,18 @@ enum Cmd {
         #[arg(long, default_value_t = 0.5)]
         repack_below: f64,
     },
+    /// Write the tenant's files, every version, to one archive (plaintext:
+    /// protect it). `-` writes to standard output.
+    Export {
+        /// Archive file, or `-`.
+        file: PathBuf,
+    },
+    /// Read an archive made by `export` into the tenant; nothing is
+    /// imported unless the whole archive verifies. `-` reads standard input.
+    Import {
+        /// Archive file, or `-`.
+        file: PathBuf,
+    },
     /// Make a new catalog from the backends alone (after losing it). Reads
     /// the config from `--config` or from a local backend's `config.json`
     /// under the data directory; adopts `--tenant` with the passphrase.
@@ -539,6 +551,54 @@ async fn run(cli: &Cli) -> Result<ExitCode, Error> {
             }
             if !r.failed.is_empty() {
                 return Ok(ExitCode::FAILURE);
+            }
+        }
+        Cmd::Export { file } => {
+            let t = open(cli, false).await?;
+            let r = if file.as_os_str() == "-" {
+                asheville_storage::archive::export(&t, tokio::io::stdout()).await?
+            } else {
+                let f = tokio::fs::File::create(file).await.map_err(|e| {
+                    Error::io("cannot create the archive", e).with_context("file", file.display())
+                })?;
+                let mut w = tokio::io::BufWriter::with_capacity(1 << 20, f);
+                let r = asheville_storage::archive::export(&t, &mut w).await?;
+                w.into_inner()
+                    .sync_all()
+                    .await
+                    .map_err(|e| Error::io("cannot sync the archive", e))?;
+                r
+            };
+            if cli.json {
+                print_json(&serde_json::to_value(&r).unwrap_or_default());
+            } else if file.as_os_str() != "-" {
+                println!(
+                    "exported {} files, {} versions, {} bytes",
+                    r.paths, r.versions, r.bytes
+                );
+            }
+        }
+        Cmd::Import { file } => {
+            let t = open(cli, true).await?;
+            let r = if file.as_os_str() == "-" {
+                asheville_storage::archive::import(&t, tokio::io::stdin()).await?
+            } else {
+                let f = tokio::fs::File::open(file).await.map_err(|e| {
+                    Error::io("cannot open the archive", e).with_context("file", file.display())
+                })?;
+                asheville_storage::archive::import(
+                    &t,
+                    tokio::io::BufReader::with_capacity(1 << 20, f),
+                )
+                .await?
+            };
+            if cli.json {
+                print_json(&serde_json::to_value(&r).unwrap_or_default());
+            } else {
+                println!(
+                    "imported {} files, {} versions, {} bytes",
+                    r.paths, r.versions, r.bytes
+                );
             }
         }
         Cmd::Gc {

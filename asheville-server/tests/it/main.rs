@@ -285,6 +285,40 @@ fn directory_round_trip_keeps_bytes_mtime_and_permissions() {
     let e = json_err(asheville(&data, "pw", &["--json", "rebuild-catalog"]));
     assert_eq!(e, "already_exists");
 
+    // Export to a file, import into a fresh repository as another tenant.
+    let archive = tmp.path().join("backup.ashv");
+    let ex = json(asheville(
+        &data,
+        "pw",
+        &["--json", "export", archive.to_str().unwrap()],
+    ));
+    let data2 = tmp.path().join("repo2");
+    let im = json(asheville(
+        &data2,
+        "pw2",
+        &[
+            "--json",
+            "--tenant",
+            "copy",
+            "import",
+            archive.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(ex, im);
+    let out4 = tmp.path().join("out4");
+    let o = Command::new(env!("CARGO_BIN_EXE_asheville"))
+        .args(["--tenant", "copy", "get", "/backup", out4.to_str().unwrap()])
+        .env("ASHEVILLE_DATA", &data2)
+        .env("ASHEVILLE_PASSPHRASE", "pw2")
+        .output()
+        .unwrap();
+    ok(o);
+    assert_eq!(
+        compare_trees(&out4, &out),
+        5,
+        "bytes, mtime and mode survive export and import"
+    );
+
     // Wrong passphrase: a clear error and exit status 1.
     assert_eq!(
         json_err(asheville(&data, "nope", &["--json", "ls"])),

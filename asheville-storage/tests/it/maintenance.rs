@@ -795,3 +795,89 @@ async fn drain_remove_and_add_backends_with_rebalance() {
         .unwrap();
     all_read_back(&t, &files).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_then_import_into_another_repository() {
+    use asheville_storage::archive;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repository::create(
+        &dir.path().join("a/c.redb"),
+        small_config(&dir.path().join("a"), 3, "rs(2,1)"),
+    )
+    .await
+    .unwrap();
+    let t = repo
+        .create_tenant("acme", TenantKey::Passphrase("pw".into()))
+        .await
+        .unwrap();
+    for v in 0..3u64 {
+        t.put(
+            "docs/report",
+            &random(300_000 + v as usize, v)[..],
+            FileMeta {
+                mtime_ns: v as i64,
+                mode: 0o600,
+            },
+        )
+        .await
+        .unwrap();
+    }
+    t.put("docs/empty", &b""[..], FileMeta::default())
+        .await
+        .unwrap();
+    t.put("old/gone", &random(1000, 9)[..], FileMeta::default())
+        .await
+        .unwrap();
+    t.delete("old/gone").await.unwrap();
+    let mut bytes = Vec::new();
+    let ex = archive::export(&t, &mut bytes).await.unwrap();
+    assert_eq!((ex.paths, ex.versions), (3, 5));
+
+    let repo2 = Repository::create(
+        &dir.path().join("b/c.redb"),
+        small_config(&dir.path().join("b"), 3, "rs(2,1)"),
+    )
+    .await
+    .unwrap();
+    let u = repo2
+        .create_tenant("other", TenantKey::Raw(MasterKey::generate().unwrap()))
+        .await
+        .unwrap();
+    // Damaged archives import nothing.
+    let mut flipped = bytes.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x10;
+    assert!(archive::import(&u, &flipped[..]).await.is_err());
+    assert!(
+        archive::import(&u, &bytes[..bytes.len() - 5])
+            .await
+            .is_err()
+    );
+    assert!(archive::import(&u, &b"garbage"[..]).await.is_err());
+    assert!(
+        u.all_paths(None, 10).unwrap().is_empty(),
+        "nothing imported from a damaged archive"
+    );
+
+    let im = archive::import(&u, &bytes[..]).await.unwrap();
+    assert_eq!(
+        (im.paths, im.versions, im.bytes),
+        (ex.paths, ex.versions, ex.bytes)
+    );
+    for p in ["docs/report", "docs/empty", "old/gone"] {
+        let (a, b) = (t.versions(p).unwrap(), u.versions(p).unwrap());
+        assert_eq!(a.len(), b.len(), "{p}");
+        for (va, vb) in a.iter().zip(&b) {
+            assert_eq!(
+                (va.version, va.size, va.meta),
+                (vb.version, vb.size, vb.meta)
+            );
+            let (mut x, mut y) = (Vec::new(), Vec::new());
+            t.get_version(p, va.version, &mut x).await.unwrap();
+            u.get_version(p, vb.version, &mut y).await.unwrap();
+            assert_eq!(x, y, "{p} v{}", va.version);
+        }
+    }
+    assert!(u.stat("old/gone").is_err(), "deleted stays deleted");
+    assert!(u.stat("docs/report").is_ok());
+}
