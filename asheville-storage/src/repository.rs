@@ -68,7 +68,7 @@ fn validate_tenant(name: &str) -> Result<()> {
 
 /// Local files up to this size are read (and restored) whole in one
 /// blocking call; larger ones stream with bounded memory.
-pub const WHOLE_FILE_LIMIT: u64 = 8 << 20;
+pub const WHOLE_FILE_LIMIT: u64 = 4 << 20;
 
 /// Local files up to this size are read whole, in one blocking call, by
 /// [`LocalFile::open`]; larger ones stream.

@@ -278,7 +278,7 @@ async fn restore_file(t: &Tenant, fv: &FileVersion, dest: &Path) -> Result<()> {
         let f = tokio::fs::File::create(&tmp)
             .await
             .map_err(|e| Error::io("cannot create file", e).with_context("file", tmp.display()))?;
-        let mut w = tokio::io::BufWriter::with_capacity(4 << 20, f);
+        let mut w = tokio::io::BufWriter::with_capacity(1 << 20, f);
         if let Err(e) = t.get_version(&fv.path, fv.version, &mut w).await {
             let _ = tokio::fs::remove_file(&tmp).await;
             return Err(e);
