@@ -258,8 +258,8 @@ pub fn parse_shard_header(header: &[u8]) -> Result<ShardInfo> {
     policy
         .validate()
         .map_err(|_| corrupt("shard header names an invalid policy"))?;
-    if index >= n as usize {
-        return Err(corrupt("bad index in shard header"));
+    if index >= n as usize || header[9..12] != [0, 0, 0] {
+        return Err(corrupt("bad index or reserved bytes in shard header"));
     }
     let shard_len = u32::from_le_bytes([header[12], header[13], header[14], header[15]]) as usize;
     let mut dl = [0u8; 8];
@@ -281,61 +281,26 @@ pub fn parse_shard_header(header: &[u8]) -> Result<ShardInfo> {
 
 /// Parses a shard and verifies its checksum.
 pub fn verify_shard(shard: &[u8]) -> Result<ShardInfo> {
-    let corrupt = |msg: &'static str| Error::new(ErrorKind::Integrity, msg);
-    if shard.len() < SHARD_HEADER_LEN || &shard[0..4] != SHARD_MAGIC {
-        return Err(
-            corrupt("not a shard (bad magic or too short)").with_context("len", shard.len())
-        );
-    }
-    if shard[4] != SHARD_VERSION {
-        return Err(
-            Error::new(ErrorKind::Unsupported, "unknown shard format version")
-                .with_context("version", shard[4]),
-        );
-    }
-    let (k, n, index) = (shard[6], shard[7], shard[8] as usize);
-    let policy = match shard[5] {
-        0 if k == 1 && n == 1 => Redundancy::None,
-        1 if k == 1 => Redundancy::Replicas(n),
-        2 if n > k => Redundancy::ReedSolomon {
-            data: k,
-            parity: n - k,
-        },
-        _ => return Err(corrupt("bad scheme in shard header")),
-    };
-    policy
-        .validate()
-        .map_err(|_| corrupt("shard header names an invalid policy"))?;
-    if index >= n as usize || shard[9..12] != [0, 0, 0] {
-        return Err(corrupt("bad index or reserved bytes in shard header"));
-    }
-    let shard_len = u32::from_le_bytes([shard[12], shard[13], shard[14], shard[15]]) as usize;
-    let mut dl = [0u8; 8];
-    dl.copy_from_slice(&shard[16..24]);
-    let data_len = u64::from_le_bytes(dl);
-    let k = policy.data_shards() as u64;
-    if shard.len() != SHARD_HEADER_LEN + shard_len || data_len.div_ceil(k) != shard_len as u64 {
-        return Err(corrupt("shard length does not match its header")
-            .with_context("len", shard.len())
-            .with_context("shard_len", shard_len)
-            .with_context("data_len", data_len));
+    let info = parse_shard_header(shard)?;
+    if shard.len() != SHARD_HEADER_LEN + info.shard_len {
+        return Err(Error::new(
+            ErrorKind::Integrity,
+            "shard length does not match its header",
+        )
+        .with_context("len", shard.len())
+        .with_context("shard_len", info.shard_len)
+        .with_context("data_len", info.data_len));
     }
     let mut prefix = [0u8; 24];
     prefix.copy_from_slice(&shard[..24]);
-    let mut stored = [0u8; 32];
-    stored.copy_from_slice(&shard[24..56]);
-    if checksum(&prefix, &shard[SHARD_HEADER_LEN..]) != stored {
-        return Err(
-            corrupt("shard checksum mismatch (bitrot or tampering)").with_context("index", index)
-        );
+    if checksum(&prefix, &shard[SHARD_HEADER_LEN..]) != info.checksum {
+        return Err(Error::new(
+            ErrorKind::Integrity,
+            "shard checksum mismatch (bitrot or tampering)",
+        )
+        .with_context("index", info.index));
     }
-    Ok(ShardInfo {
-        policy,
-        index,
-        shard_len,
-        data_len,
-        checksum: stored,
-    })
+    Ok(info)
 }
 
 /// Where a byte range of the protected data lives: `range` of the payload

@@ -41,6 +41,17 @@ pub struct TrailerEntry {
     pub len: u32,
 }
 
+impl TrailerEntry {
+    /// Where this blob is, as the catalog records it.
+    pub fn loc(&self, pack: PackId) -> crate::catalog::BlobLoc {
+        crate::catalog::BlobLoc {
+            pack,
+            offset: self.offset,
+            len: self.len,
+        }
+    }
+}
+
 fn trailer_key(seal: &SealKey, pack: &PackId) -> [u8; 32] {
     let mut h = blake3::Hasher::new_keyed(seal.as_bytes());
     h.update(b"pack trailer v1");

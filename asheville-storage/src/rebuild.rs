@@ -9,7 +9,7 @@ use std::path::Path;
 use asheville_core::{Codec, PackId, parse_shard_header, redundancy::SHARD_HEADER_LEN};
 use bytes::Bytes;
 
-use crate::catalog::{BlobLoc, NewVersion, PackRecord};
+use crate::catalog::{NewVersion, PackRecord};
 use crate::config::RepoConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::journal::{self, JournalOp};
@@ -302,19 +302,7 @@ async fn rebuild_pack(
             })
             .collect(),
     };
-    let blobs: Vec<_> = entries
-        .iter()
-        .map(|e| {
-            (
-                e.id,
-                BlobLoc {
-                    pack: *id,
-                    offset: e.offset,
-                    len: e.len,
-                },
-            )
-        })
-        .collect();
+    let blobs: Vec<_> = entries.iter().map(|e| (e.id, e.loc(*id))).collect();
     repo.catalog().commit_pack(&record, &blobs)?;
     Ok(Some(blobs.len() as u64))
 }

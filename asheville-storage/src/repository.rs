@@ -889,19 +889,7 @@ async fn upload_pack(
             .map(|&b| inner.config.backends[b].name.clone())
             .collect(),
     };
-    let blobs: Vec<_> = entries
-        .iter()
-        .map(|e| {
-            (
-                e.id,
-                BlobLoc {
-                    pack: id,
-                    offset: e.offset,
-                    len: e.len,
-                },
-            )
-        })
-        .collect();
+    let blobs: Vec<_> = entries.iter().map(|e| (e.id, e.loc(id))).collect();
     let catalog = inner.catalog.clone();
     tokio::task::spawn_blocking(move || {
         if moving {
