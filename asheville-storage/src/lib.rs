@@ -60,7 +60,7 @@ pub use backend::{
     Backend, BackendKind, DynBackend, Fault, FaultyBackend, ObjectStoreBackend, S3Config,
 };
 pub use catalog::{
-    Catalog, ChunkRef, Entry, FileMeta, FileVersion, ListPage, NewVersion, RedbCatalog,
+    Catalog, ChunkRef, Entry, FileMeta, FileVersion, ListPage, NewVersion, RedbCatalog, RefProblem,
 };
 pub use config::{BackendConfig, RepoConfig};
 pub use error::{Error, ErrorKind, Result};

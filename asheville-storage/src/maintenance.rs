@@ -29,6 +29,11 @@ pub enum ProblemKind {
     OrphanObject,
     /// A pack has fewer good shards than it needs to be read.
     UnreadablePack,
+    /// A blob's stored reference count differs from the count of versions
+    /// that use it (gc could then delete data in use, or never reclaim it).
+    RefcountMismatch,
+    /// A file version uses a chunk the catalog has no blob for.
+    DanglingReference,
 }
 
 /// One problem found by [`Repository::check`].
@@ -148,7 +153,8 @@ impl Repository {
 
     /// Checks every committed pack: each shard exists with the right size
     /// (or, with `read_data`, downloads it and verifies its checksum and
-    /// header), and lists objects under `packs/` that no pack records.
+    /// header); recomputes every blob's reference count from the versions;
+    /// and lists objects under `packs/` that no pack records.
     pub async fn check(&self, read_data: bool, progress: &dyn PackProgress) -> Result<CheckReport> {
         use futures::TryStreamExt;
         let mut report = CheckReport::default();
@@ -229,6 +235,24 @@ impl Repository {
                 });
             }
             progress.pack_done();
+        }
+        for r in self.catalog().audit_refs()? {
+            let kind = if r.computed > 0 && !r.blob_exists {
+                ProblemKind::DanglingReference
+            } else {
+                ProblemKind::RefcountMismatch
+            };
+            report.problems.push(Problem {
+                kind,
+                pack: None,
+                shard: None,
+                backend: None,
+                key: None,
+                detail: format!(
+                    "tenant {} chunk {}: stored {} references, versions hold {}",
+                    r.tenant, r.chunk, r.stored, r.computed
+                ),
+            });
         }
         for b in self.backends() {
             let mut after: Option<String> = None;

@@ -92,6 +92,22 @@ pub fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
+/// A reference-count disagreement found by [`Catalog::audit_refs`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RefProblem {
+    /// Tenant.
+    pub tenant: String,
+    /// Chunk.
+    pub chunk: ChunkId,
+    /// Count stored in the catalog.
+    pub stored: u64,
+    /// Count computed from the version records.
+    pub computed: u64,
+    /// Whether the blob itself is recorded (a version pointing at a missing
+    /// blob is a dangling reference).
+    pub blob_exists: bool,
+}
+
 /// One version of a file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileVersion {
@@ -205,6 +221,10 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     /// `false`; otherwise removes its blobs, its record and its mark and
     /// returns `true` (its shard objects may then be deleted).
     fn sweep(&self, pack: &PackId) -> Result<bool>;
+    /// Recomputes every blob's reference count from the version records
+    /// and returns each disagreement: `(tenant, chunk, stored, computed,
+    /// blob exists)`.
+    fn audit_refs(&self) -> Result<Vec<RefProblem>>;
     /// References held on a blob by file versions.
     fn refcount(&self, tenant: &str, id: &ChunkId) -> Result<u64>;
 }

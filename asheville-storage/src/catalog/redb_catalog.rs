@@ -6,7 +6,7 @@ use std::path::Path;
 use asheville_core::{ChunkId, PackId};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{BlobLoc, Catalog, Entry, FileVersion, ListPage, NewVersion, PackRecord};
+use super::{BlobLoc, Catalog, Entry, FileVersion, ListPage, NewVersion, PackRecord, RefProblem};
 use crate::error::{Error, ErrorKind, Result};
 use crate::path::RepoPath;
 
@@ -606,6 +606,53 @@ impl Catalog for RedbCatalog {
         }
         w.commit()?;
         Ok(swept)
+    }
+
+    fn audit_refs(&self) -> Result<Vec<RefProblem>> {
+        let r = self.db.begin_read()?;
+        let versions = r.open_table(VERSIONS)?;
+        let refs = r.open_table(REFS)?;
+        let blobs = r.open_table(BLOBS)?;
+        let mut computed: std::collections::BTreeMap<Vec<u8>, u64> =
+            std::collections::BTreeMap::new();
+        for item in versions.iter()? {
+            let (k, v) = item?;
+            let key = k.value();
+            let tenant_end = key.iter().position(|&b| b == 0).unwrap_or(0);
+            let tenant = std::str::from_utf8(&key[..tenant_end])
+                .map_err(|_| Error::new(ErrorKind::Integrity, "bad tenant key"))?;
+            let fv: FileVersion = dec(v.value())?;
+            for c in &fv.chunks {
+                *computed.entry(blob_key(tenant, &c.id)).or_default() += 1;
+            }
+        }
+        let mut stored: std::collections::BTreeMap<Vec<u8>, u64> =
+            std::collections::BTreeMap::new();
+        for item in refs.iter()? {
+            let (k, v) = item?;
+            stored.insert(k.value().to_vec(), v.value());
+        }
+        let mut out = Vec::new();
+        let keys: std::collections::BTreeSet<&Vec<u8>> =
+            computed.keys().chain(stored.keys()).collect();
+        for k in keys {
+            let (s, c) = (
+                stored.get(k).copied().unwrap_or(0),
+                computed.get(k).copied().unwrap_or(0),
+            );
+            let exists = blobs.get(k.as_slice())?.is_some();
+            if s != c || (c > 0 && !exists) {
+                let split = k.iter().position(|&b| b == 0).unwrap_or(0);
+                out.push(RefProblem {
+                    tenant: String::from_utf8_lossy(&k[..split]).into_owned(),
+                    chunk: ChunkId::try_from_slice(&k[split + 1..])?,
+                    stored: s,
+                    computed: c,
+                    blob_exists: exists,
+                });
+            }
+        }
+        Ok(out)
     }
 
     fn refcount(&self, tenant: &str, id: &ChunkId) -> Result<u64> {

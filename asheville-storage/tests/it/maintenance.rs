@@ -881,3 +881,61 @@ async fn export_then_import_into_another_repository() {
     assert!(u.stat("old/gone").is_err(), "deleted stays deleted");
     assert!(u.stat("docs/report").is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_finds_refcount_errors_and_dangling_references() {
+    use redb::{ReadableTable, TableDefinition};
+    const REFS: TableDefinition<&[u8], u64> = TableDefinition::new("refs");
+    const BLOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blobs");
+    let dir = tempfile::tempdir().unwrap();
+    let cat = dir.path().join("c.redb");
+    {
+        let (repo, _t, _files) = filled(dir.path()).await;
+        assert!(
+            repo.check(false, &NoProgress)
+                .await
+                .unwrap()
+                .problems
+                .is_empty()
+        );
+    }
+    // Tamper with the catalog file itself: one count too high, one blob gone.
+    {
+        let db = redb::Database::open(&cat).unwrap();
+        let w = db.begin_write().unwrap();
+        {
+            let mut refs = w.open_table(REFS).unwrap();
+            let (k, v) = {
+                let first = refs.iter().unwrap().next().unwrap().unwrap();
+                (first.0.value().to_vec(), first.1.value())
+            };
+            refs.insert(k.as_slice(), v + 5).unwrap();
+            let mut blobs = w.open_table(BLOBS).unwrap();
+            let last = blobs
+                .iter()
+                .unwrap()
+                .next_back()
+                .unwrap()
+                .unwrap()
+                .0
+                .value()
+                .to_vec();
+            blobs.remove(last.as_slice()).unwrap();
+        }
+        w.commit().unwrap();
+    }
+    let repo = Repository::open(&cat).await.unwrap();
+    let r = repo.check(false, &NoProgress).await.unwrap();
+    let kinds: Vec<_> = r.problems.iter().map(|p| p.kind).collect();
+    assert!(
+        kinds.contains(&ProblemKind::RefcountMismatch),
+        "{:?}",
+        r.problems
+    );
+    assert!(
+        kinds.contains(&ProblemKind::DanglingReference),
+        "{:?}",
+        r.problems
+    );
+    assert!(!r.is_healthy());
+}
