@@ -52,6 +52,16 @@ pub async fn rebuild_catalog(
     config: RepoConfig,
     tenants: Vec<(String, TenantKey)>,
 ) -> Result<(Repository, RebuildReport)> {
+    rebuild_catalog_with_progress(catalog, config, tenants, &crate::tree::NoProgress).await
+}
+
+/// [`rebuild_catalog`], reporting each pack it records.
+pub async fn rebuild_catalog_with_progress(
+    catalog: &Path,
+    config: RepoConfig,
+    tenants: Vec<(String, TenantKey)>,
+    progress: &dyn crate::maintenance::PackProgress,
+) -> Result<(Repository, RebuildReport)> {
     if catalog.exists() {
         return Err(Error::new(
             ErrorKind::AlreadyExists,
@@ -87,6 +97,7 @@ pub async fn rebuild_catalog(
 
     for (id, located) in &shards {
         report.packs_found += 1;
+        progress.pack_done();
         match rebuild_pack(&repo, &opened, id, located).await {
             Ok(Some(n)) => {
                 report.packs_recorded += 1;

@@ -1118,6 +1118,15 @@ impl Tenant {
     ///    ignores condemned packs, so new writes store such chunks again;
     ///    readers still find them until the sweep.
     pub async fn gc(&self, opts: GcOptions) -> Result<GcReport> {
+        self.gc_with_progress(opts, &crate::tree::NoProgress).await
+    }
+
+    /// [`Tenant::gc`], reporting each pack it examines.
+    pub async fn gc_with_progress(
+        &self,
+        opts: GcOptions,
+        progress: &dyn crate::maintenance::PackProgress,
+    ) -> Result<GcReport> {
         let inner = &self.repo.inner;
         let now = crate::catalog::now_ns();
         let mut report = GcReport::default();
@@ -1163,6 +1172,7 @@ impl Tenant {
         writer.moving = true;
         let mut repacked = Vec::new();
         for pack in seen {
+            progress.pack_done();
             if condemned.contains(&pack) {
                 continue;
             }

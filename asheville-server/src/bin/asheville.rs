@@ -612,12 +612,13 @@ async fn run(cli: &Cli) -> Result<ExitCode, Error> {
                 ));
             }
             let t = open(cli, false).await?;
-            let r = t
-                .gc(asheville_storage::GcOptions {
-                    grace_ns: *grace,
-                    repack_below: *repack_below,
-                })
-                .await?;
+            let bar = Bar::new(cli.json);
+            let opts = asheville_storage::GcOptions {
+                grace_ns: *grace,
+                repack_below: *repack_below,
+            };
+            let r = t.gc_with_progress(opts, &bar).await?;
+            bar.0.finish_and_clear();
             if cli.json {
                 print_json(&serde_json::to_value(&r).unwrap_or_default());
             } else {
@@ -651,12 +652,15 @@ async fn run(cli: &Cli) -> Result<ExitCode, Error> {
                 }
             };
             let pw = passphrase(cli)?;
-            let (_, r) = asheville_storage::rebuild::rebuild_catalog(
+            let bar = Bar::new(cli.json);
+            let (_, r) = asheville_storage::rebuild::rebuild_catalog_with_progress(
                 &catalog_path(&cli.data_dir),
                 config,
                 vec![(cli.tenant.clone(), TenantKey::Passphrase(pw))],
+                &bar,
             )
             .await?;
+            bar.0.finish_and_clear();
             if cli.json {
                 print_json(&serde_json::to_value(&r).unwrap_or_default());
             } else {
