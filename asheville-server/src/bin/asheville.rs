@@ -283,6 +283,18 @@ impl Bar {
     }
 }
 
+impl Bar {
+    /// A bar for maintenance work, which counts packs, not bytes.
+    fn packs(json: bool) -> Bar {
+        let bar = Bar::new(json);
+        bar.0.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {pos} packs {per_sec}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        bar
+    }
+}
+
 impl Progress for Bar {
     fn start(&self, files: u64, bytes: u64) {
         self.0.set_length(bytes);
@@ -447,7 +459,7 @@ async fn run(cli: &Cli) -> Result<ExitCode, Error> {
         }
         Cmd::Check { read_data } => {
             let repo = Repository::open(&catalog_path(&cli.data_dir)).await?;
-            let bar = Bar::new(cli.json);
+            let bar = Bar::packs(cli.json);
             let r = repo.check(*read_data, &bar).await?;
             bar.0.finish_and_clear();
             if cli.json {
@@ -486,7 +498,7 @@ async fn run(cli: &Cli) -> Result<ExitCode, Error> {
         }
         Cmd::Repair => {
             let repo = Repository::open(&catalog_path(&cli.data_dir)).await?;
-            let bar = Bar::new(cli.json);
+            let bar = Bar::packs(cli.json);
             let r = repo.repair(&bar).await?;
             bar.0.finish_and_clear();
             if cli.json {
@@ -535,7 +547,7 @@ async fn run(cli: &Cli) -> Result<ExitCode, Error> {
                 let new: RepoConfig = read_json(f)?;
                 repo = repo.update_backends(new.backends).await?;
             }
-            let bar = Bar::new(cli.json);
+            let bar = Bar::packs(cli.json);
             let r = repo.rebalance(&bar).await?;
             bar.0.finish_and_clear();
             if cli.json {
@@ -612,7 +624,7 @@ async fn run(cli: &Cli) -> Result<ExitCode, Error> {
                 ));
             }
             let t = open(cli, false).await?;
-            let bar = Bar::new(cli.json);
+            let bar = Bar::packs(cli.json);
             let opts = asheville_storage::GcOptions {
                 grace_ns: *grace,
                 repack_below: *repack_below,
@@ -652,7 +664,7 @@ async fn run(cli: &Cli) -> Result<ExitCode, Error> {
                 }
             };
             let pw = passphrase(cli)?;
-            let bar = Bar::new(cli.json);
+            let bar = Bar::packs(cli.json);
             let (_, r) = asheville_storage::rebuild::rebuild_catalog_with_progress(
                 &catalog_path(&cli.data_dir),
                 config,
