@@ -9,7 +9,7 @@ use asheville_storage::maintenance::ProblemKind;
 use asheville_storage::tree::NoProgress;
 use asheville_storage::{FileMeta, Repository, Tenant, TenantKey};
 
-use crate::repo::{get, random, small_config};
+use crate::repo::{get, random, small_config, temp_repo};
 
 async fn filled(dir: &Path) -> (Repository, Tenant, Vec<(String, Vec<u8>)>) {
     let repo = Repository::create(&dir.join("c.redb"), small_config(dir, 6, "rs(4,2)"))
@@ -483,16 +483,7 @@ fn pack_objects(dir: &Path) -> usize {
 async fn gc_reclaims_dead_packs_after_the_grace_period_only() {
     use asheville_storage::{GcOptions, Retention};
     let dir = tempfile::tempdir().unwrap();
-    let repo = Repository::create(
-        &dir.path().join("c.redb"),
-        small_config(dir.path(), 6, "rs(4,2)"),
-    )
-    .await
-    .unwrap();
-    let t = repo
-        .create_tenant("acme", TenantKey::Passphrase("pw".into()))
-        .await
-        .unwrap();
+    let (repo, t) = temp_repo(dir.path(), 6, "rs(4,2)", |_| {}).await;
     let keep = random(900_000, 1);
     let old = random(2_500_000, 2);
     t.put("keep", &keep[..], FileMeta::default()).await.unwrap();
@@ -580,15 +571,7 @@ async fn gc_reclaims_dead_packs_after_the_grace_period_only() {
 async fn gc_repacks_mostly_dead_packs_and_revives_packs_referenced_again() {
     use asheville_storage::{GcOptions, Retention};
     let dir = tempfile::tempdir().unwrap();
-    let mut config = small_config(dir.path(), 3, "rs(2,1)");
-    config.pack_size = 4 << 20;
-    let repo = Repository::create(&dir.path().join("c.redb"), config)
-        .await
-        .unwrap();
-    let t = repo
-        .create_tenant("acme", TenantKey::Passphrase("pw".into()))
-        .await
-        .unwrap();
+    let (repo, t) = temp_repo(dir.path(), 3, "rs(2,1)", |c| c.pack_size = 4 << 20).await;
     // Ten files in one pack; nine die.
     let mut batch = t.batch();
     let bodies: Vec<Vec<u8>> = (0..10).map(|i| random(200_000, 40 + i)).collect();

@@ -24,6 +24,27 @@ pub fn small_config(dir: &std::path::Path, n: usize, redundancy: &str) -> RepoCo
     c
 }
 
+/// The shared temp-repository builder: `n` local backends under `dir`
+/// with `redundancy` and the small test config (adjusted by `tweak`), and
+/// tenant `acme` with passphrase `pw`.
+pub async fn temp_repo(
+    dir: &std::path::Path,
+    n: usize,
+    redundancy: &str,
+    tweak: impl FnOnce(&mut RepoConfig),
+) -> (Repository, Tenant) {
+    let mut config = small_config(dir, n, redundancy);
+    tweak(&mut config);
+    let repo = Repository::create(&dir.join("c.redb"), config)
+        .await
+        .unwrap();
+    let t = repo
+        .create_tenant("acme", TenantKey::Passphrase("pw".into()))
+        .await
+        .unwrap();
+    (repo, t)
+}
+
 pub async fn get(t: &Tenant, path: &str) -> Vec<u8> {
     let mut out = Vec::new();
     t.get(path, &mut out).await.unwrap();
@@ -128,16 +149,7 @@ async fn round_trip_versions_ranges_and_reopen() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_data_twice_is_stored_once() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = Repository::create(
-        &dir.path().join("c.redb"),
-        small_config(dir.path(), 3, "rs(2,1)"),
-    )
-    .await
-    .unwrap();
-    let t = repo
-        .create_tenant("acme", TenantKey::Passphrase("pw".into()))
-        .await
-        .unwrap();
+    let (repo, t) = temp_repo(dir.path(), 3, "rs(2,1)", |_| {}).await;
     let data = random(4_000_000, 3);
     t.put("one", &data[..], FileMeta::default()).await.unwrap();
     let after_one = stored_bytes(dir.path());
@@ -252,16 +264,7 @@ async fn tenants_are_isolated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listing_depth_pagination_and_delete() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = Repository::create(
-        &dir.path().join("c.redb"),
-        small_config(dir.path(), 3, "rs(2,1)"),
-    )
-    .await
-    .unwrap();
-    let t = repo
-        .create_tenant("acme", TenantKey::Passphrase("pw".into()))
-        .await
-        .unwrap();
+    let (_repo, t) = temp_repo(dir.path(), 3, "rs(2,1)", |_| {}).await;
     for p in ["r1", "r2", "d1/x", "d1/y", "d1/sub/z", "d2/w", "dz"] {
         t.put(p, p.as_bytes(), FileMeta::default()).await.unwrap();
     }
@@ -410,15 +413,7 @@ async fn failed_upload_leaves_no_visible_version() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_serves_repeated_reads() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = small_config(dir.path(), 3, "rs(2,1)");
-    config.cache_bytes = 16 << 20;
-    let repo = Repository::create(&dir.path().join("c.redb"), config)
-        .await
-        .unwrap();
-    let t = repo
-        .create_tenant("acme", TenantKey::Passphrase("pw".into()))
-        .await
-        .unwrap();
+    let (repo, t) = temp_repo(dir.path(), 3, "rs(2,1)", |c| c.cache_bytes = 16 << 20).await;
     let data = random(2_000_000, 7);
     t.put("f", &data[..], FileMeta::default()).await.unwrap();
     assert_eq!(get(&t, "f").await, data);
@@ -461,16 +456,7 @@ async fn repository_on_s3() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_shares_packs_and_commits_atomically() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = Repository::create(
-        &dir.path().join("c.redb"),
-        small_config(dir.path(), 3, "rs(2,1)"),
-    )
-    .await
-    .unwrap();
-    let t = repo
-        .create_tenant("acme", TenantKey::Passphrase("pw".into()))
-        .await
-        .unwrap();
+    let (repo, t) = temp_repo(dir.path(), 3, "rs(2,1)", |_| {}).await;
     let mut batch = t.batch();
     for i in 0..200 {
         let body = random(2_000 + i, i as u64);
@@ -524,16 +510,7 @@ async fn a_batch_shares_packs_and_commits_atomically() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_chunks_inside_one_file() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = Repository::create(
-        &dir.path().join("c.redb"),
-        small_config(dir.path(), 3, "rs(2,1)"),
-    )
-    .await
-    .unwrap();
-    let t = repo
-        .create_tenant("acme", TenantKey::Passphrase("pw".into()))
-        .await
-        .unwrap();
+    let (_repo, t) = temp_repo(dir.path(), 3, "rs(2,1)", |_| {}).await;
     let data: Vec<u8> = (0..3_000_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
         .collect();
