@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use asheville_core::{KdfParams, MasterKey};
 use asheville_storage::{
-    BackendConfig, BackendKind, DynBackend, Entry, ErrorKind, Fault, FaultyBackend, FileMeta,
+    BackendConfig, DynBackend, Entry, ErrorKind, Fault, FaultyBackend, FileMeta,
     ObjectStoreBackend, RedbCatalog, RepoConfig, Repository, Tenant, TenantKey,
 };
 
@@ -450,7 +450,6 @@ async fn repository_on_s3() {
         .await
         .unwrap();
     assert!(!list.objects.is_empty());
-    let _ = BackendKind::Memory;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
