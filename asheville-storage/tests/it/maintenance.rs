@@ -687,15 +687,8 @@ async fn drain_remove_and_add_backends_with_rebalance() {
     let dir = tempfile::tempdir().unwrap();
     // Many small packs: pack ids are random, so the share of shards that
     // moves is a sample; ~65 packs keep it far from the bounds.
-    let mut config = small_config(dir.path(), 5, "rs(2,1)");
-    config.pack_size = 128 << 10;
-    let repo = Repository::create(&dir.path().join("c.redb"), config.clone())
-        .await
-        .unwrap();
-    let t = repo
-        .create_tenant("acme", TenantKey::Passphrase("pw".into()))
-        .await
-        .unwrap();
+    let (repo, t) = temp_repo(dir.path(), 5, "rs(2,1)", |c| c.pack_size = 128 << 10).await;
+    let config = repo.config().clone();
     let mut files = Vec::new();
     let mut batch = t.batch();
     for i in 0..30 {
