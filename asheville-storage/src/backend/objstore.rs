@@ -104,6 +104,17 @@ impl ObjectStoreBackend {
         }
     }
 
+    /// The `object_store` store underneath (for readers such as sync
+    /// sources that list and stream objects themselves).
+    pub fn object_store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
+    }
+
+    /// The key prefix inside the store (S3 `prefix`), if any.
+    pub fn key_prefix(&self) -> Option<&OsPath> {
+        self.prefix.as_ref()
+    }
+
     /// Builds the store a [`BackendKind`] describes.
     pub fn open(name: &str, kind: &BackendKind) -> Result<Self> {
         let err = |e: object_store::Error| {

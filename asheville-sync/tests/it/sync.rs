@@ -1,0 +1,1 @@
+//! Syncs into a real repository.
