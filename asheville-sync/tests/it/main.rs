@@ -1,5 +1,6 @@
 //! Integration tests of asheville-sync: the queue, workers, scheduler and
 //! real syncs into a real repository.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on failure
 
 mod queue;
 mod sync;

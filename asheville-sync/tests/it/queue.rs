@@ -354,7 +354,7 @@ async fn a_thousand_jobs_over_four_workers_with_random_failures_each_end_once() 
         }
     }
     assert_eq!(finals.len(), 1000, "every job ended");
-    let runs = chaos.runs.lock().unwrap();
+    let runs = chaos.runs.lock().unwrap().clone();
     let mut by_state: HashMap<JobState, usize> = HashMap::new();
     for (id, ends) in &finals {
         assert_eq!(ends.len(), 1, "job {id} ended {} times", ends.len());

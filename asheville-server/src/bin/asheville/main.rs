@@ -11,6 +11,8 @@ use asheville_core::Redundancy;
 use asheville_storage::tree::{self, Progress, PutOptions};
 use asheville_storage::{Entry, Error, ErrorKind, RepoConfig, Repository, Tenant, TenantKey};
 use clap::{Parser, Subcommand};
+
+mod sync_cmd;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 #[derive(Parser)]
@@ -156,6 +158,44 @@ enum Cmd {
     Import {
         /// Archive file, or `-`.
         file: PathBuf,
+    },
+    /// Sources a user syncs from (local directories, buckets).
+    Source {
+        /// The user whose sources these are.
+        #[arg(long, global = true, env = "ASHEVILLE_USER", default_value = "default")]
+        user: String,
+        #[command(subcommand)]
+        cmd: sync_cmd::SourceCmd,
+    },
+    /// Sync a user's sources (all, or the named ones) into the repository:
+    /// only what changed since the last sync moves. Runs the jobs here and
+    /// waits, unless `--detach` (then `asheville worker` runs them).
+    Sync {
+        /// Source names (default: all of the user's).
+        sources: Vec<String>,
+        /// The user.
+        #[arg(long, env = "ASHEVILLE_USER", default_value = "default")]
+        user: String,
+        /// Only queue the jobs.
+        #[arg(long)]
+        detach: bool,
+        /// Jobs run at once.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+    },
+    /// Run queued sync jobs and periodic syncs until Ctrl-C.
+    Worker {
+        /// Jobs run at once.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Exit when no job is queued, running or waiting to retry.
+        #[arg(long)]
+        until_idle: bool,
+    },
+    /// Show, cancel or restart a sync job; list dead letters.
+    Job {
+        #[command(subcommand)]
+        cmd: sync_cmd::JobCmd,
     },
     /// Make a new catalog from the backends alone (after losing it). Reads
     /// the config from `--config` or from a local backend's `config.json`
@@ -690,6 +730,22 @@ async fn run(cli: &Cli) -> Result<ExitCode, Error> {
                 }
             }
         }
+        Cmd::Source { user, cmd } => sync_cmd::source(cli, user, cmd).await?,
+        Cmd::Sync {
+            sources,
+            user,
+            detach,
+            workers,
+        } => {
+            if !sync_cmd::sync(cli, user, sources, *detach, (*workers).max(1)).await? {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Cmd::Worker {
+            workers,
+            until_idle,
+        } => sync_cmd::worker(cli, (*workers).max(1), *until_idle).await?,
+        Cmd::Job { cmd } => sync_cmd::job(cli, cmd).await?,
         Cmd::Stat { path } => {
             let t = open(cli, false).await?;
             let v = t.stat(path)?;
