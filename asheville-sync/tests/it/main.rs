@@ -3,6 +3,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on failure
 
 mod queue;
+// The storage crate's loopback S3 server, shared rather than copied.
+#[path = "../../../asheville-storage/tests/it/s3server.rs"]
+mod s3server;
 mod sync;
 
 use std::path::Path;

@@ -376,3 +376,63 @@ fn periods_parse() {
     assert!(parse_period("5 parsecs").is_err());
     assert!(parse_period("").is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_bucket_on_a_real_s3_server() {
+    let server = crate::s3server::start().await;
+    let kind = asheville_storage::BackendKind::S3(asheville_storage::S3Config {
+        bucket: "user-bucket".into(),
+        endpoint: Some(format!("http://{}", server.addr)),
+        region: "us-east-1".into(),
+        access_key_id: crate::s3server::KEY.into(),
+        secret_access_key: crate::s3server::SECRET.into(),
+        allow_http: true,
+        prefix: None,
+        max_retries: 0,
+    });
+    let store = asheville_storage::ObjectStoreBackend::open("s3", &kind)
+        .unwrap()
+        .object_store();
+    for i in 0..6u64 {
+        let len = if i == 0 { 3 << 20 } else { 2000 + i as usize };
+        store
+            .put(
+                &OsPath::from(format!("photos/2026/p{i}.jpg")),
+                PutPayload::from(data(i, len)),
+            )
+            .await
+            .unwrap();
+    }
+    let f = fixture().await;
+    f.conductor
+        .add_source(SourceSpec::new(
+            "acme",
+            "s3user",
+            "photos",
+            SourceKind::Bucket {
+                store: kind,
+                prefix: Some("photos".into()),
+            },
+        ))
+        .await
+        .unwrap();
+    let j = f.sync("s3user", "photos").await;
+    assert_eq!(j.progress.items_stored, 6);
+    for i in 0..6u64 {
+        let len = if i == 0 { 3 << 20 } else { 2000 + i as usize };
+        let mut got = Vec::new();
+        f.tenant
+            .get(&format!("/sync/s3user/photos/2026/p{i}.jpg"), &mut got)
+            .await
+            .unwrap();
+        assert_eq!(got, data(i, len), "p{i}");
+    }
+    // Replace one object: its new ETag makes it move again, alone.
+    store
+        .put(&OsPath::from("photos/2026/p2.jpg"), PutPayload::from_static(b"v2"))
+        .await
+        .unwrap();
+    let j = f.sync("s3user", "photos").await;
+    assert_eq!((j.progress.items_seen, j.progress.items_stored), (1, 1));
+    f.stop().await;
+}
