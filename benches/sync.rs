@@ -114,7 +114,9 @@ async fn small_file_sync(n: usize) -> (f64, f64, u64) {
         .create_tenant("acme", TenantKey::Passphrase("pw".into()))
         .await
         .expect("tenant");
-    let q = Arc::new(RedbQueue::open(&dir.path().join("sync.redb"), QueueConfig::default()).expect("q"));
+    let q = Arc::new(
+        RedbQueue::open(&dir.path().join("sync.redb"), QueueConfig::default()).expect("q"),
+    );
     let runner = Arc::new(SyncRunner::new(q.clone(), SyncOptions::default()));
     runner.add_tenant(t);
     let pool = WorkerPool::start(q.clone(), runner, WorkerConfig::default());
@@ -164,7 +166,11 @@ fn main() {
         row("enqueue + lease + ack, batches of 100", n, e + l + a);
         let single = (n / 20).max(100);
         let (e, l, a) = queue_round(single, 1).await;
-        row("enqueue + lease + ack, one job per commit", single, e + l + a);
+        row(
+            "enqueue + lease + ack, one job per commit",
+            single,
+            e + l + a,
+        );
         let (first, again, bytes) = small_file_sync(files).await;
         row(
             &format!("sync of small files ({:.0} MB), first", bytes as f64 / 1e6),

@@ -32,6 +32,12 @@ pub enum ErrorKind {
     Unsupported,
     /// Reading from a caller-supplied stream failed.
     Io,
+    /// A write would pass a tenant's quota.
+    QuotaExceeded,
+    /// No valid credentials (unknown, expired or revoked token).
+    Unauthenticated,
+    /// Valid credentials without the needed permission.
+    Forbidden,
 }
 
 impl ErrorKind {
@@ -45,6 +51,9 @@ impl ErrorKind {
             ErrorKind::Insufficient => "insufficient",
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::Io => "io",
+            ErrorKind::QuotaExceeded => "quota_exceeded",
+            ErrorKind::Unauthenticated => "unauthenticated",
+            ErrorKind::Forbidden => "forbidden",
         }
     }
 }

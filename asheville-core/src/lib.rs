@@ -49,10 +49,12 @@
 //! ```
 
 pub mod aead;
+pub mod auth;
 pub mod chunker;
 pub mod error;
 pub mod id;
 pub mod keys;
+pub mod metering;
 pub mod placement;
 pub mod redundancy;
 pub mod seal;

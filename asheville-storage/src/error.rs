@@ -32,6 +32,12 @@ pub enum ErrorKind {
     WrongKey,
     /// The operation or format is not supported.
     Unsupported,
+    /// A write would pass a tenant's quota (nothing was written).
+    QuotaExceeded,
+    /// No valid credentials (unknown, expired or revoked token).
+    Unauthenticated,
+    /// Valid credentials without the needed permission.
+    Forbidden,
     /// Anything else (local I/O, catalog database).
     Other,
 }
@@ -50,6 +56,9 @@ impl ErrorKind {
             ErrorKind::Insufficient => "insufficient",
             ErrorKind::WrongKey => "wrong_key",
             ErrorKind::Unsupported => "unsupported",
+            ErrorKind::QuotaExceeded => "quota_exceeded",
+            ErrorKind::Unauthenticated => "unauthenticated",
+            ErrorKind::Forbidden => "forbidden",
             ErrorKind::Other => "other",
         }
     }
@@ -167,6 +176,9 @@ impl From<asheville_core::Error> for Error {
             K::WrongKey => ErrorKind::WrongKey,
             K::Insufficient => ErrorKind::Insufficient,
             K::Unsupported => ErrorKind::Unsupported,
+            K::QuotaExceeded => ErrorKind::QuotaExceeded,
+            K::Unauthenticated => ErrorKind::Unauthenticated,
+            K::Forbidden => ErrorKind::Forbidden,
             _ => ErrorKind::Other,
         };
         let mut out = Error::new(kind, e.message().to_owned());

@@ -27,6 +27,7 @@
 //! ```
 
 pub mod archive;
+pub mod auth;
 pub mod backend;
 pub mod cache;
 pub mod catalog;
@@ -36,6 +37,7 @@ pub mod conformance;
 pub mod error;
 pub mod journal;
 pub mod maintenance;
+pub mod metering;
 pub mod pack;
 pub mod path;
 pub mod rebuild;

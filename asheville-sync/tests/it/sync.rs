@@ -429,7 +429,10 @@ async fn an_s3_bucket_on_a_real_s3_server() {
     }
     // Replace one object: its new ETag makes it move again, alone.
     store
-        .put(&OsPath::from("photos/2026/p2.jpg"), PutPayload::from_static(b"v2"))
+        .put(
+            &OsPath::from("photos/2026/p2.jpg"),
+            PutPayload::from_static(b"v2"),
+        )
         .await
         .unwrap();
     let j = f.sync("s3user", "photos").await;
