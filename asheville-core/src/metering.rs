@@ -435,7 +435,9 @@ pub struct AggregateRow {
     pub start_ns: i64,
     /// `""` for the tenant's total, else one dimension (`user=alice`).
     pub dims: String,
-    /// Sum (counters) or value × ns (gauges), in the base unit.
+    /// Sum (counters) or value × ns (gauges), in the base unit. A decimal
+    /// string in JSON (it can pass 2^64).
+    #[serde(with = "u128_string")]
     pub value: u128,
 }
 
@@ -446,7 +448,9 @@ pub struct InvoiceLine {
     pub meter: String,
     /// `"free"` or `"tier N"` (from 1).
     pub tier: String,
-    /// Quantity in the base unit covered by this line.
+    /// Quantity in the base unit covered by this line (a decimal string
+    /// in JSON).
+    #[serde(with = "u128_string")]
     pub base_quantity: u128,
     /// The same in the plan's unit, as an exact decimal (6 places).
     pub quantity: String,
@@ -650,5 +654,23 @@ impl Quota {
             .with_context("incoming", incoming));
         }
         Ok(())
+    }
+}
+
+/// Serde for `u128` as a decimal string (JSON numbers stop at 2^64 in most
+/// parsers).
+pub mod u128_string {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// As a string.
+    pub fn serialize<S: Serializer>(v: &u128, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+
+    /// From a string.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u128, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }

@@ -23,7 +23,7 @@ use crate::error::{Error, ErrorKind, Result};
 const SEEN: TableDefinition<&[u8], ()> = TableDefinition::new("seen");
 /// tenant \0 meter \0 gran start(be) dims -> value
 const AGG: TableDefinition<&[u8], u128> = TableDefinition::new("agg");
-/// tenant \0 meter \0 canonical dims -> GaugeState (postcard)
+/// tenant \0 meter \0 canonical dims -> GaugeState (JSON)
 const GAUGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("gauges");
 /// tenant -> Quota (JSON)
 const QUOTAS: TableDefinition<&str, &[u8]> = TableDefinition::new("quotas");
@@ -238,15 +238,17 @@ impl MeterStore for RedbMeterStore {
                         let prev = match states.get(&gk) {
                             Some(s) => Some(s.clone()),
                             None => match gauges.get(gk.as_slice())? {
-                                Some(v) => Some(
-                                    postcard::from_bytes::<GaugeState>(v.value()).map_err(|e| {
-                                        Error::new(
-                                            ErrorKind::Integrity,
-                                            "a gauge record does not decode",
-                                        )
-                                        .set_source(e)
-                                    })?,
-                                ),
+                                Some(v) => {
+                                    Some(serde_json::from_slice::<GaugeState>(v.value()).map_err(
+                                        |e| {
+                                            Error::new(
+                                                ErrorKind::Integrity,
+                                                "a gauge record does not decode",
+                                            )
+                                            .set_source(e)
+                                        },
+                                    )?)
+                                }
                                 None => None,
                             },
                         };
@@ -282,7 +284,7 @@ impl MeterStore for RedbMeterStore {
                 agg.insert(k.as_slice(), old + v)?;
             }
             for (k, s) in states {
-                let b = postcard::to_stdvec(&s).map_err(|e| {
+                let b = serde_json::to_vec(&s).map_err(|e| {
                     Error::new(ErrorKind::Other, "a gauge record does not encode").set_source(e)
                 })?;
                 gauges.insert(k.as_slice(), b.as_slice())?;
@@ -356,7 +358,7 @@ impl MeterStore for RedbMeterStore {
                 if !k.value().starts_with(&pre) {
                     break;
                 }
-                let s: GaugeState = postcard::from_bytes(v.value()).map_err(|e| {
+                let s: GaugeState = serde_json::from_slice(v.value()).map_err(|e| {
                     Error::new(ErrorKind::Integrity, "a gauge record does not decode").set_source(e)
                 })?;
                 for (start, v) in
@@ -388,7 +390,7 @@ impl MeterStore for RedbMeterStore {
             if !k.value().starts_with(&pre) {
                 break;
             }
-            let s: GaugeState = postcard::from_bytes(v.value()).map_err(|e| {
+            let s: GaugeState = serde_json::from_slice(v.value()).map_err(|e| {
                 Error::new(ErrorKind::Integrity, "a gauge record does not decode").set_source(e)
             })?;
             total = total.saturating_add(s.value);

@@ -3,5 +3,6 @@
 
 mod conformance;
 mod maintenance;
+mod metering;
 mod repo;
 mod s3server;
