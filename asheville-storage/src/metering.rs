@@ -75,6 +75,19 @@ pub trait MeterStore: Send + Sync {
     /// latest) are rejected without failing the batch.
     fn record(&self, events: &[UsageEvent]) -> Result<RecordReport>;
 
+    /// Moves a gauge series by `delta` (atomically: read and write in one
+    /// transaction) at `at_ns` (or the series' latest time, if later), with
+    /// an idempotency key. Returns the new level.
+    fn adjust_gauge(
+        &self,
+        tenant: &str,
+        meter: &str,
+        dims: &Dimensions,
+        delta: i64,
+        at_ns: i64,
+        key: &str,
+    ) -> Result<u64>;
+
     /// Stored aggregate rows, by bucket start.
     fn query(&self, q: &UsageQuery) -> Result<Vec<AggregateRow>>;
 
@@ -195,103 +208,155 @@ impl RedbMeterStore {
     }
 }
 
+fn decode_gauge(b: &[u8]) -> Result<GaugeState> {
+    serde_json::from_slice(b).map_err(|e| {
+        Error::new(ErrorKind::Integrity, "a gauge record does not decode").set_source(e)
+    })
+}
+
+/// Records events inside a write transaction (see [`MeterStore::record`]).
+fn record_tx(w: &redb::WriteTransaction, events: &[UsageEvent]) -> Result<RecordReport> {
+    let mut report = RecordReport::default();
+    {
+        let mut seen = w.open_table(SEEN)?;
+        let mut agg = w.open_table(AGG)?;
+        let mut gauges = w.open_table(GAUGES)?;
+        // Sums per aggregate key, applied once at the end.
+        let mut sums: HashMap<Vec<u8>, u128> = HashMap::new();
+        let mut states: HashMap<Vec<u8>, GaugeState> = HashMap::new();
+        let add = |sums: &mut HashMap<Vec<u8>, u128>, e: &UsageEvent, g, start, v: u128| {
+            for d in dim_rows(&e.dims) {
+                *sums
+                    .entry(agg_key(&e.tenant, &e.meter, g, start, &d))
+                    .or_default() += v;
+            }
+        };
+        for (i, e) in events.iter().enumerate() {
+            if let Err(err) = e.validate() {
+                report.rejected.push((i, err.to_string()));
+                continue;
+            }
+            let mut sk = Vec::with_capacity(e.tenant.len() + e.idempotency_key.len() + 1);
+            sk.extend_from_slice(e.tenant.as_bytes());
+            sk.push(0);
+            sk.extend_from_slice(e.idempotency_key.as_bytes());
+            if seen.get(sk.as_slice())?.is_some() {
+                report.duplicates += 1;
+                continue;
+            }
+            match meter_kind(&e.meter) {
+                MeterKind::Counter => {
+                    for g in Granularity::ALL {
+                        add(&mut sums, e, g, g.start(e.at_ns), u128::from(e.value));
+                    }
+                }
+                MeterKind::Gauge => {
+                    let mut gk = series_prefix(&e.tenant, &e.meter);
+                    gk.extend_from_slice(e.dims.canonical().as_bytes());
+                    let prev = match states.get(&gk) {
+                        Some(s) => Some(s.clone()),
+                        None => match gauges.get(gk.as_slice())? {
+                            Some(v) => Some(
+                                serde_json::from_slice::<GaugeState>(v.value()).map_err(|e| {
+                                    Error::new(
+                                        ErrorKind::Integrity,
+                                        "a gauge record does not decode",
+                                    )
+                                    .set_source(e)
+                                })?,
+                            ),
+                            None => None,
+                        },
+                    };
+                    if let Some(p) = &prev {
+                        if e.at_ns < p.since_ns {
+                            report.rejected.push((
+                                i,
+                                "a gauge event older than the series' latest one".into(),
+                            ));
+                            continue;
+                        }
+                        for g in Granularity::ALL {
+                            for (start, v) in integrate(p.value, p.since_ns, e.at_ns, g) {
+                                add(&mut sums, e, g, start, v);
+                            }
+                        }
+                    }
+                    states.insert(
+                        gk,
+                        GaugeState {
+                            value: e.value,
+                            since_ns: e.at_ns,
+                            dims: e.dims.clone(),
+                        },
+                    );
+                }
+            }
+            seen.insert(sk.as_slice(), ())?;
+            report.accepted += 1;
+        }
+        for (k, v) in sums {
+            let old = agg.get(k.as_slice())?.map(|x| x.value()).unwrap_or(0);
+            agg.insert(k.as_slice(), old + v)?;
+        }
+        for (k, s) in states {
+            let b = serde_json::to_vec(&s).map_err(|e| {
+                Error::new(ErrorKind::Other, "a gauge record does not encode").set_source(e)
+            })?;
+            gauges.insert(k.as_slice(), b.as_slice())?;
+        }
+    }
+    Ok(report)
+}
+
 impl MeterStore for RedbMeterStore {
     fn record(&self, events: &[UsageEvent]) -> Result<RecordReport> {
-        let mut report = RecordReport::default();
         let w = self.db.begin_write()?;
-        {
-            let mut seen = w.open_table(SEEN)?;
-            let mut agg = w.open_table(AGG)?;
-            let mut gauges = w.open_table(GAUGES)?;
-            // Sums per aggregate key, applied once at the end.
-            let mut sums: HashMap<Vec<u8>, u128> = HashMap::new();
-            let mut states: HashMap<Vec<u8>, GaugeState> = HashMap::new();
-            let add = |sums: &mut HashMap<Vec<u8>, u128>, e: &UsageEvent, g, start, v: u128| {
-                for d in dim_rows(&e.dims) {
-                    *sums
-                        .entry(agg_key(&e.tenant, &e.meter, g, start, &d))
-                        .or_default() += v;
-                }
-            };
-            for (i, e) in events.iter().enumerate() {
-                if let Err(err) = e.validate() {
-                    report.rejected.push((i, err.to_string()));
-                    continue;
-                }
-                let mut sk = Vec::with_capacity(e.tenant.len() + e.idempotency_key.len() + 1);
-                sk.extend_from_slice(e.tenant.as_bytes());
-                sk.push(0);
-                sk.extend_from_slice(e.idempotency_key.as_bytes());
-                if seen.get(sk.as_slice())?.is_some() {
-                    report.duplicates += 1;
-                    continue;
-                }
-                match meter_kind(&e.meter) {
-                    MeterKind::Counter => {
-                        for g in Granularity::ALL {
-                            add(&mut sums, e, g, g.start(e.at_ns), u128::from(e.value));
-                        }
-                    }
-                    MeterKind::Gauge => {
-                        let mut gk = series_prefix(&e.tenant, &e.meter);
-                        gk.extend_from_slice(e.dims.canonical().as_bytes());
-                        let prev = match states.get(&gk) {
-                            Some(s) => Some(s.clone()),
-                            None => match gauges.get(gk.as_slice())? {
-                                Some(v) => {
-                                    Some(serde_json::from_slice::<GaugeState>(v.value()).map_err(
-                                        |e| {
-                                            Error::new(
-                                                ErrorKind::Integrity,
-                                                "a gauge record does not decode",
-                                            )
-                                            .set_source(e)
-                                        },
-                                    )?)
-                                }
-                                None => None,
-                            },
-                        };
-                        if let Some(p) = &prev {
-                            if e.at_ns < p.since_ns {
-                                report.rejected.push((
-                                    i,
-                                    "a gauge event older than the series' latest one".into(),
-                                ));
-                                continue;
-                            }
-                            for g in Granularity::ALL {
-                                for (start, v) in integrate(p.value, p.since_ns, e.at_ns, g) {
-                                    add(&mut sums, e, g, start, v);
-                                }
-                            }
-                        }
-                        states.insert(
-                            gk,
-                            GaugeState {
-                                value: e.value,
-                                since_ns: e.at_ns,
-                                dims: e.dims.clone(),
-                            },
-                        );
-                    }
-                }
-                seen.insert(sk.as_slice(), ())?;
-                report.accepted += 1;
-            }
-            for (k, v) in sums {
-                let old = agg.get(k.as_slice())?.map(|x| x.value()).unwrap_or(0);
-                agg.insert(k.as_slice(), old + v)?;
-            }
-            for (k, s) in states {
-                let b = serde_json::to_vec(&s).map_err(|e| {
-                    Error::new(ErrorKind::Other, "a gauge record does not encode").set_source(e)
-                })?;
-                gauges.insert(k.as_slice(), b.as_slice())?;
-            }
-        }
+        let report = record_tx(&w, events)?;
         w.commit()?;
         Ok(report)
+    }
+
+    fn adjust_gauge(
+        &self,
+        tenant: &str,
+        meter: &str,
+        dims: &Dimensions,
+        delta: i64,
+        at_ns: i64,
+        key: &str,
+    ) -> Result<u64> {
+        let w = self.db.begin_write()?;
+        let mut gk = series_prefix(tenant, meter);
+        gk.extend_from_slice(dims.canonical().as_bytes());
+        let prev = {
+            let g = w.open_table(GAUGES)?;
+            let v = g.get(gk.as_slice())?;
+            match v {
+                Some(v) => Some(decode_gauge(v.value())?),
+                None => None,
+            }
+        };
+        let (level, since) = prev.map_or((0, at_ns), |p| (p.value, p.since_ns));
+        let value = if delta < 0 {
+            level.saturating_sub(delta.unsigned_abs())
+        } else {
+            level.saturating_add(delta as u64)
+        };
+        let e = UsageEvent {
+            idempotency_key: key.to_owned(),
+            tenant: tenant.to_owned(),
+            meter: meter.to_owned(),
+            value,
+            at_ns: at_ns.max(since),
+            dims: dims.clone(),
+        };
+        let r = record_tx(&w, std::slice::from_ref(&e))?;
+        if let Some((_, why)) = r.rejected.first() {
+            return Err(Error::new(ErrorKind::InvalidInput, why.clone()));
+        }
+        w.commit()?;
+        Ok(if r.accepted == 1 { value } else { level })
     }
 
     fn query(&self, q: &UsageQuery) -> Result<Vec<AggregateRow>> {

@@ -490,6 +490,7 @@ impl Repository {
             name: name.to_owned(),
             keys,
             sealer,
+            meter: None,
         })
     }
 }
@@ -513,6 +514,7 @@ pub struct Tenant {
     name: String,
     keys: TenantKeys,
     sealer: Sealer,
+    meter: Option<Arc<dyn crate::metering::MeterStore>>,
 }
 
 impl std::fmt::Debug for Tenant {
@@ -532,7 +534,9 @@ struct PackWriter<'a> {
     chunks: Vec<(ChunkId, Vec<u8>)>,
     bytes: usize,
     pending: HashSet<ChunkId>,
-    uploads: JoinSet<Result<()>>,
+    uploads: JoinSet<Result<u64>>,
+    /// Shard bytes written to the backends so far.
+    stored: u64,
     permits: Arc<Semaphore>,
     /// Repacking: blob entries move to the new packs.
     moving: bool,
@@ -547,6 +551,7 @@ impl<'a> PackWriter<'a> {
             bytes: 0,
             pending: HashSet::new(),
             uploads: JoinSet::new(),
+            stored: 0,
             permits: Arc::new(Semaphore::new(cfg.packs_in_flight)),
             moving: false,
         }
@@ -570,7 +575,7 @@ impl<'a> PackWriter<'a> {
         }
         // Surface a failed upload early instead of after the whole input.
         while let Some(r) = self.uploads.try_join_next() {
-            r.map_err(join_err)??;
+            self.stored += r.map_err(join_err)??;
         }
         let permit = self
             .permits
@@ -590,15 +595,19 @@ impl<'a> PackWriter<'a> {
         Ok(())
     }
 
-    async fn finish(mut self) -> Result<()> {
+    /// Waits for every upload; returns the shard bytes written.
+    async fn finish(mut self) -> Result<u64> {
         let r = self.flush().await;
         let mut first_err = r.err();
         while let Some(r) = self.uploads.join_next().await {
-            if let Err(e) = r.map_err(join_err).and_then(|r| r) {
-                first_err.get_or_insert(e);
+            match r.map_err(join_err).and_then(|r| r) {
+                Ok(n) => self.stored += n,
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
             }
         }
-        first_err.map_or(Ok(()), Err)
+        first_err.map_or(Ok(self.stored), Err)
     }
 }
 
@@ -670,6 +679,9 @@ pub struct Batch<'a> {
     files: Vec<NewVersion>,
     bytes: u64,
     failed: bool,
+    /// The tenant's quota with its use when the batch started (loaded at
+    /// the first write when a meter store is attached).
+    quota: Option<(asheville_core::metering::Quota, u64, u64)>,
 }
 
 impl std::fmt::Debug for Batch<'_> {
@@ -725,6 +737,8 @@ impl Batch<'_> {
                 len: chunk.len() as u32,
             });
             size += chunk.len() as u64;
+            // Before the chunk can reach a backend.
+            self.check_quota(size)?;
             if !self.writer.pending.contains(&id)
                 && inner.catalog.blob_for_dedup(&self.t.name, &id)?.is_none()
             {
@@ -753,6 +767,12 @@ impl Batch<'_> {
     /// Adds a file opened with [`LocalFile::open`] (which callers may run
     /// ahead, concurrently, to hide the latency of opening many files).
     pub async fn add_local(&mut self, path: &str, file: LocalFile) -> Result<()> {
+        // The size is known: refuse before reading or writing anything.
+        let size = match &file {
+            LocalFile::Whole { data, .. } => data.len() as u64,
+            LocalFile::Stream { file, .. } => file.metadata().map(|m| m.len()).unwrap_or(0),
+        };
+        self.check_quota(size)?;
         match file {
             LocalFile::Whole { meta, data, .. } => self.add(path, &data[..], meta).await,
             LocalFile::Stream { meta, file, .. } => {
@@ -761,6 +781,32 @@ impl Batch<'_> {
                     .await
             }
         }
+    }
+
+    /// Refuses a write that would take the batch past the tenant's quota
+    /// (`incoming`: bytes of the file being added so far).
+    fn check_quota(&mut self, incoming: u64) -> Result<()> {
+        let Some(meter) = &self.t.meter else {
+            return Ok(());
+        };
+        if self.quota.is_none() {
+            use asheville_core::metering::{
+                BYTES_INGESTED, BYTES_STORED_LOGICAL, DAY_NS, Granularity,
+            };
+            let quota = meter.quota(&self.t.name)?;
+            let now = crate::catalog::now_ns();
+            let today = Granularity::Day.start(now);
+            let stored = meter.gauge(&self.t.name, BYTES_STORED_LOGICAL)?;
+            let ingested =
+                meter.quantity(&self.t.name, BYTES_INGESTED, today, today + DAY_NS, now)?;
+            self.quota = Some((quota, stored, u64::try_from(ingested).unwrap_or(u64::MAX)));
+        }
+        if let Some((quota, stored, ingested)) = &self.quota {
+            quota
+                .check(*stored, *ingested, self.bytes.saturating_add(incoming))
+                .map_err(|e| Error::from(e).with_context("tenant", &self.t.name))?;
+        }
+        Ok(())
     }
 
     /// Files added so far.
@@ -788,7 +834,7 @@ impl Batch<'_> {
                 "this batch failed earlier; nothing was committed",
             ));
         }
-        finished?;
+        let stored = finished?;
         if self.files.is_empty() {
             return Ok(Vec::new());
         }
@@ -810,9 +856,28 @@ impl Batch<'_> {
         }
         let catalog = self.t.repo.inner.catalog.clone();
         let tenant = self.t.name.clone();
-        tokio::task::spawn_blocking(move || catalog.commit_versions(&tenant, files))
+        // Sizes of the versions these replace (for the logical-bytes gauge).
+        let replaced: u64 = if self.t.meter.is_some() {
+            let mut sum = 0;
+            for f in &files {
+                sum += catalog.latest(&tenant, &f.path)?.map_or(0, |v| v.size);
+            }
+            sum
+        } else {
+            0
+        };
+        let added: u64 = files.iter().map(|f| f.size).sum();
+        let bytes = self.bytes;
+        let out = tokio::task::spawn_blocking(move || catalog.commit_versions(&tenant, files))
             .await
-            .map_err(join_err)?
+            .map_err(join_err)??;
+        self.t.meter_write(
+            bytes,
+            added as i64 - replaced as i64,
+            stored as i64,
+            created_ns,
+        );
+        Ok(out)
     }
 }
 
@@ -823,7 +888,7 @@ async fn upload_pack(
     chunks: Vec<(ChunkId, Vec<u8>)>,
     bytes: usize,
     moving: bool,
-) -> Result<()> {
+) -> Result<u64> {
     let inner = &t.repo.inner;
     let id = PackId::random()?;
     let codec = inner.codec.clone();
@@ -855,7 +920,8 @@ async fn upload_pack(
     let headers: Vec<Bytes> = (0..n)
         .map(|i| Bytes::copy_from_slice(enc.header(i)))
         .collect();
-    let shard_len = enc.shard_object_len() - SHARD_HEADER_LEN;
+    let enc_object_len = enc.shard_object_len();
+    let shard_len = enc_object_len - SHARD_HEADER_LEN;
     let k = inner.config.redundancy.data_shards();
     let (data, parity) = enc.into_buffers();
     let data = Bytes::from(data);
@@ -899,7 +965,8 @@ async fn upload_pack(
         }
     })
     .await
-    .map_err(join_err)?
+    .map_err(join_err)??;
+    Ok((n * enc_object_len) as u64)
 }
 
 /// Metadata of a local file.
@@ -939,6 +1006,70 @@ impl Tenant {
         )
         .await?;
         Ok(())
+    }
+
+    /// This tenant with usage metering and quotas: writes are checked
+    /// against the tenant's quota in `store` before any byte is written
+    /// (see [`Batch`]), and committed writes, deletes and reads record
+    /// `storage.bytes_ingested`, `storage.bytes_stored` (physical, shard
+    /// bytes), `storage.bytes_stored.logical` and `storage.bytes_served`.
+    ///
+    /// Recording happens after the data is durable and is best effort: a
+    /// meter store that fails does not fail a write that succeeded.
+    pub fn with_meter(&self, store: Arc<dyn crate::metering::MeterStore>) -> Tenant {
+        let mut t = self.clone();
+        t.meter = Some(store);
+        t
+    }
+
+    /// The attached meter store, if any.
+    pub fn meter(&self) -> Option<&Arc<dyn crate::metering::MeterStore>> {
+        self.meter.as_ref()
+    }
+
+    fn usage_key(kind: &str, at_ns: i64) -> String {
+        let r = PackId::random().map(|p| p.to_string()).unwrap_or_default();
+        format!("{kind}-{at_ns}-{r}")
+    }
+
+    fn meter_write(&self, ingested: u64, logical_delta: i64, physical_delta: i64, at_ns: i64) {
+        use asheville_core::metering::{
+            BYTES_INGESTED, BYTES_STORED, BYTES_STORED_LOGICAL, Dimensions, UsageEvent,
+        };
+        let Some(m) = &self.meter else { return };
+        let dims = Dimensions::default();
+        if ingested > 0 {
+            let _ = m.record(&[UsageEvent {
+                idempotency_key: Self::usage_key("ingest", at_ns),
+                tenant: self.name.clone(),
+                meter: BYTES_INGESTED.into(),
+                value: ingested,
+                at_ns,
+                dims: dims.clone(),
+            }]);
+        }
+        for (meter, delta) in [
+            (BYTES_STORED_LOGICAL, logical_delta),
+            (BYTES_STORED, physical_delta),
+        ] {
+            if delta != 0 {
+                let key = Self::usage_key("gauge", at_ns);
+                let _ = m.adjust_gauge(&self.name, meter, &dims, delta, at_ns, &key);
+            }
+        }
+    }
+
+    fn meter_served(&self, bytes: u64) {
+        let Some(m) = &self.meter else { return };
+        let at_ns = crate::catalog::now_ns();
+        let _ = m.record(&[asheville_core::metering::UsageEvent {
+            idempotency_key: Self::usage_key("served", at_ns),
+            tenant: self.name.clone(),
+            meter: asheville_core::metering::BYTES_SERVED.into(),
+            value: bytes,
+            at_ns,
+            dims: Default::default(),
+        }]);
     }
 
     /// The tenant's name.
@@ -981,6 +1112,7 @@ impl Tenant {
             files: Vec::new(),
             bytes: 0,
             failed: false,
+            quota: None,
         }
     }
 
@@ -1025,9 +1157,9 @@ impl Tenant {
     /// stay readable through [`Tenant::versions`] until retention removes them.
     pub async fn delete(&self, path: &str) -> Result<()> {
         let p = RepoPath::parse(path)?;
-        if self.repo.inner.catalog.latest(&self.name, &p)?.is_none() {
+        let Some(latest) = self.repo.inner.catalog.latest(&self.name, &p)? else {
             return Err(Error::new(ErrorKind::NotFound, "no such file").with_context("path", &p));
-        }
+        };
         self.write_journal(
             crate::catalog::now_ns(),
             vec![crate::journal::JournalOp::Delete {
@@ -1035,7 +1167,9 @@ impl Tenant {
             }],
         )
         .await?;
-        self.repo.inner.catalog.delete(&self.name, &p)
+        self.repo.inner.catalog.delete(&self.name, &p)?;
+        self.meter_write(0, -(latest.size as i64), 0, crate::catalog::now_ns());
+        Ok(())
     }
 
     /// Applies a retention rule to every file under `prefix` (live or
@@ -1255,6 +1389,7 @@ impl Tenant {
             let b = range.end.min(hi) - lo;
             out.extend_from_slice(&data[a as usize..b as usize]);
         }
+        self.meter_served(out.len() as u64);
         Ok(out)
     }
 
@@ -1274,6 +1409,7 @@ impl Tenant {
         out.flush()
             .await
             .map_err(|e| Error::io("writing the output failed", e))?;
+        self.meter_served(fv.size);
         Ok(())
     }
 

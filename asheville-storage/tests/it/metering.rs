@@ -374,3 +374,100 @@ fn tokens_permissions_wildcards_tenants_expiry_revocation() {
     assert!(a.tokens("globex").unwrap().is_empty());
     assert!(a.authorize("garbage", "acme", "storage.read", now).is_err());
 }
+
+/// Every file under the backends' directories, with its size.
+fn backend_files(dir: &std::path::Path) -> Vec<(String, u64)> {
+    fn walk(p: &std::path::Path, out: &mut Vec<(String, u64)>) {
+        for e in std::fs::read_dir(p).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                walk(&e.path(), out);
+            } else {
+                out.push((e.path().display().to_string(), e.metadata().unwrap().len()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with("backend-") {
+            walk(&e.path(), &mut out);
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_repository_meters_usage_and_a_quota_rejection_changes_nothing() {
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let (_repo, t) = crate::repo::temp_repo(dir.path(), 3, "rs(2,1)", |_| {}).await;
+    let meters = Arc::new(RedbMeterStore::open(&dir.path().join("meters.redb")).unwrap());
+    let t = t.with_meter(meters.clone());
+    meters
+        .set_quota(
+            "acme",
+            Quota {
+                max_stored_bytes: Some(100_000),
+                max_ingest_per_day: None,
+            },
+        )
+        .unwrap();
+    let data: Vec<u8> = (0..60_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let meta = asheville_storage::FileMeta::default();
+    t.put("/a", &data[..], meta).await.unwrap();
+    let now = asheville_storage::catalog::now_ns();
+    let day = Granularity::Day.start(now);
+    assert_eq!(meters.gauge("acme", BYTES_STORED_LOGICAL).unwrap(), 60_000);
+    assert_eq!(
+        meters
+            .quantity("acme", BYTES_INGESTED, day, day + DAY_NS, now)
+            .unwrap(),
+        60_000
+    );
+    // Physical bytes: rs(2,1) stores 1.5× the sealed pack, plus headers.
+    let physical = meters.gauge("acme", BYTES_STORED).unwrap();
+    let on_disk: u64 = backend_files(dir.path())
+        .iter()
+        .filter(|(p, _)| p.contains("/packs/"))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(physical, on_disk, "the gauge is the shard bytes on disk");
+
+    let before = backend_files(dir.path());
+    // A file of known size is refused before anything is read or written.
+    let big = dir.path().join("big");
+    std::fs::write(&big, vec![1u8; 50_000]).unwrap();
+    let mut batch = t.batch();
+    let e = batch.add_path("/big", &big).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::QuotaExceeded, "{e}");
+    drop(batch);
+    // A stream is refused as its bytes arrive, before its chunks are stored.
+    let e = t
+        .put("/stream", &vec![2u8; 50_000][..], meta)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::QuotaExceeded);
+    assert_eq!(
+        backend_files(dir.path()),
+        before,
+        "no byte reached a backend"
+    );
+    assert_eq!(t.all_paths(None, 10).unwrap(), vec!["a".to_string()]);
+    assert_eq!(meters.gauge("acme", BYTES_STORED_LOGICAL).unwrap(), 60_000);
+
+    // Reading is metered; deleting frees quota.
+    let mut out = Vec::new();
+    t.get("/a", &mut out).await.unwrap();
+    t.get_range("/a", 0..1000).await.unwrap();
+    assert_eq!(
+        meters
+            .quantity("acme", BYTES_SERVED, day, day + DAY_NS, now + DAY_NS)
+            .unwrap(),
+        61_000
+    );
+    t.delete("/a").await.unwrap();
+    assert_eq!(meters.gauge("acme", BYTES_STORED_LOGICAL).unwrap(), 0);
+    t.put("/stream", &vec![2u8; 50_000][..], meta)
+        .await
+        .unwrap();
+}
