@@ -14,6 +14,8 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use asheville_core::metering::{Dimensions, SYNC_BYTES, SYNC_ITEMS, UsageEvent};
+use asheville_storage::metering::MeterStore;
 use asheville_storage::{FileMeta, Tenant};
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -71,6 +73,7 @@ pub struct SyncRunner {
     tenants: RwLock<HashMap<String, Tenant>>,
     registered: RwLock<HashMap<String, Arc<dyn Source>>>,
     opts: SyncOptions,
+    meter: Option<Arc<dyn MeterStore>>,
 }
 
 impl std::fmt::Debug for SyncRunner {
@@ -120,7 +123,44 @@ impl SyncRunner {
             tenants: RwLock::new(HashMap::new()),
             registered: RwLock::new(HashMap::new()),
             opts,
+            meter: None,
         }
+    }
+
+    /// Records `sync.items` and `sync.bytes` (with the user and source as
+    /// dimensions) into `store` as batches commit. Attach the same store to
+    /// the tenants ([`Tenant::with_meter`]) to meter and limit their
+    /// storage too.
+    pub fn with_meter(mut self, store: Arc<dyn MeterStore>) -> Self {
+        self.meter = Some(store);
+        self
+    }
+
+    /// Best effort: the data is already committed.
+    fn meter_progress(&self, spec: &SourceSpec, items: u64, bytes: u64) {
+        let Some(m) = &self.meter else { return };
+        if items == 0 && bytes == 0 {
+            return;
+        }
+        let at_ns = crate::job::now_ns();
+        let dims = Dimensions {
+            user: Some(spec.user.clone()),
+            source: Some(spec.name.clone()),
+            backend: None,
+            feature: Some("sync".into()),
+        };
+        let nonce = asheville_core::PackId::random()
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+        let ev = |meter: &str, value| UsageEvent {
+            idempotency_key: format!("{meter}-{at_ns}-{nonce}"),
+            tenant: spec.tenant.clone(),
+            meter: meter.into(),
+            value,
+            at_ns,
+            dims: dims.clone(),
+        };
+        let _ = m.record(&[ev(SYNC_ITEMS, items), ev(SYNC_BYTES, bytes)]);
     }
 
     /// Makes a tenant (opened with its key) available to jobs.
@@ -233,6 +273,8 @@ impl SyncRunner {
 
         let mut batch = tenant.batch();
         let mut in_batch: Vec<Change> = Vec::new();
+        // What was already reported to the meter store.
+        let mut metered = (0u64, 0u64);
         let mut fail = |progress: &mut Progress, key: &str, e: &Error| {
             progress.errors += 1;
             if item_errors.len() < MAX_ITEM_ERRORS {
@@ -315,6 +357,12 @@ impl SyncRunner {
                     .set_cursor(&spec.tenant, &spec.user, &spec.name, &cursor)
                     .await?;
                 ctx.set_progress(progress);
+                self.meter_progress(
+                    spec,
+                    progress.items_stored - metered.0,
+                    progress.bytes - metered.1,
+                );
+                metered = (progress.items_stored, progress.bytes);
             }
         }
         batch.commit().await?;
@@ -326,6 +374,11 @@ impl SyncRunner {
             .set_cursor(&spec.tenant, &spec.user, &spec.name, &cursor)
             .await?;
         ctx.set_progress(progress);
+        self.meter_progress(
+            spec,
+            progress.items_stored - metered.0,
+            progress.bytes - metered.1,
+        );
         Ok(RunReport {
             progress,
             item_errors,

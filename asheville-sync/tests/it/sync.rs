@@ -36,6 +36,7 @@ struct Fixture {
     root: std::path::PathBuf,
     tenant: asheville_storage::Tenant,
     queue: Arc<RedbQueue>,
+    meters: Arc<asheville_storage::metering::RedbMeterStore>,
     runner: Arc<SyncRunner>,
     conductor: Conductor,
     pool: Option<WorkerPool>,
@@ -45,15 +46,21 @@ async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
     let (_repo, tenant) = repo(&root).await;
+    let meters =
+        Arc::new(asheville_storage::metering::RedbMeterStore::open(&root.join("m.redb")).unwrap());
+    let tenant = tenant.with_meter(meters.clone());
     let queue = fast_queue(&root, |_| {});
-    let runner = Arc::new(SyncRunner::new(
-        queue.clone(),
-        SyncOptions {
-            batch_files: 16,
-            item_backoff: Duration::from_millis(5),
-            ..SyncOptions::default()
-        },
-    ));
+    let runner = Arc::new(
+        SyncRunner::new(
+            queue.clone(),
+            SyncOptions {
+                batch_files: 16,
+                item_backoff: Duration::from_millis(5),
+                ..SyncOptions::default()
+            },
+        )
+        .with_meter(meters.clone()),
+    );
     runner.add_tenant(tenant.clone());
     let pool = WorkerPool::start(
         queue.clone(),
@@ -70,6 +77,7 @@ async fn fixture() -> Fixture {
         root,
         tenant,
         queue,
+        meters,
         runner,
         conductor,
         pool: Some(pool),
@@ -152,6 +160,26 @@ async fn local_directory_sync_moves_only_what_changed() {
         1,
         "unchanged files got no new version"
     );
+    // Usage: items and bytes per user and source, and the bytes ingested.
+    use asheville_core::metering::{BYTES_INGESTED, DAY_NS, Granularity, SYNC_BYTES, SYNC_ITEMS};
+    use asheville_storage::metering::{MeterStore, UsageQuery};
+    let now = asheville_sync::job::now_ns();
+    let day = Granularity::Day.start(now);
+    let q = |meter: &str, dims: &str| UsageQuery {
+        tenant: "acme".into(),
+        meter: meter.into(),
+        granularity: Granularity::Day,
+        from_ns: day,
+        to_ns: day + DAY_NS,
+        dims: dims.into(),
+        after_ns: None,
+        limit: 10,
+    };
+    let items = f.meters.query(&q(SYNC_ITEMS, "user=alice")).unwrap();
+    assert_eq!(items[0].value, 44, "41 + 3 items stored");
+    let bytes = f.meters.query(&q(SYNC_BYTES, "source=docs")).unwrap()[0].value;
+    let ingested = f.meters.query(&q(BYTES_INGESTED, "")).unwrap()[0].value;
+    assert_eq!(bytes, ingested, "everything ingested came through the sync");
     // Status per source names the newest job.
     let st = f.conductor.status("acme", "alice").await.unwrap();
     assert_eq!(st.len(), 1);
