@@ -13,6 +13,7 @@ use asheville_storage::{Entry, Error, ErrorKind, RepoConfig, Repository, Tenant,
 use clap::{Parser, Subcommand};
 
 mod sync_cmd;
+mod usage_cmd;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 #[derive(Parser)]
@@ -192,6 +193,43 @@ enum Cmd {
         #[arg(long)]
         until_idle: bool,
     },
+    /// Usage of the tenant per hour, day or month.
+    Usage {
+        /// Meter (`storage.bytes_ingested`, `storage.bytes_served`,
+        /// `storage.bytes_stored`, `storage.bytes_stored.logical`,
+        /// `sync.items`, `sync.bytes`, `api.requests`).
+        #[arg(long, default_value = "storage.bytes_ingested")]
+        meter: String,
+        /// Row size.
+        #[arg(long, default_value = "day", value_parser = ["hour", "day", "month"])]
+        granularity: String,
+        /// One dimension (`user=alice`); default: the tenant's total.
+        #[arg(long, default_value = "")]
+        dims: String,
+    },
+    /// The invoice of a month under a price plan (JSON file).
+    Invoice {
+        /// Month, `YYYY-MM`.
+        period: String,
+        /// Price plan (JSON).
+        #[arg(long)]
+        plan: PathBuf,
+        /// CSV instead of a table (`--json` for JSON).
+        #[arg(long)]
+        csv: bool,
+    },
+    /// Show or set the tenant's quota.
+    Quota {
+        /// Logical bytes stored at most.
+        #[arg(long)]
+        max_stored: Option<u64>,
+        /// Bytes written per UTC day at most.
+        #[arg(long)]
+        max_ingest_per_day: Option<u64>,
+        /// Remove the quota.
+        #[arg(long, conflicts_with_all = ["max_stored", "max_ingest_per_day"])]
+        clear: bool,
+    },
     /// Show, cancel or restart a sync job; list dead letters.
     Job {
         #[command(subcommand)]
@@ -278,7 +316,14 @@ fn default_config(
     Ok(c)
 }
 
+/// The tenant, metered into `<data-dir>/meters.redb` (and held to its
+/// quota, if one is set with `asheville quota`).
 async fn open(cli: &Cli, create_if_missing: bool) -> Result<Tenant, Error> {
+    let t = open_unmetered(cli, create_if_missing).await?;
+    Ok(t.with_meter(usage_cmd::meters(cli)?))
+}
+
+async fn open_unmetered(cli: &Cli, create_if_missing: bool) -> Result<Tenant, Error> {
     let cat = catalog_path(&cli.data_dir);
     if !cat.exists() && create_if_missing {
         if !cli.json {
@@ -746,6 +791,17 @@ async fn run(cli: &Cli) -> Result<ExitCode, Error> {
             until_idle,
         } => sync_cmd::worker(cli, (*workers).max(1), *until_idle).await?,
         Cmd::Job { cmd } => sync_cmd::job(cli, cmd).await?,
+        Cmd::Usage {
+            meter,
+            granularity,
+            dims,
+        } => usage_cmd::usage(cli, meter, granularity, dims)?,
+        Cmd::Invoice { period, plan, csv } => usage_cmd::invoice(cli, period, plan, *csv)?,
+        Cmd::Quota {
+            max_stored,
+            max_ingest_per_day,
+            clear,
+        } => usage_cmd::quota(cli, *max_stored, *max_ingest_per_day, *clear)?,
         Cmd::Stat { path } => {
             let t = open(cli, false).await?;
             let v = t.stat(path)?;

@@ -103,7 +103,10 @@ async fn workers(
     n: usize,
 ) -> Result<(WorkerPool, CancellationToken), Error> {
     let tenant = open(cli, true).await?;
-    let runner = Arc::new(SyncRunner::new(q.clone(), SyncOptions::default()));
+    let runner = Arc::new(
+        SyncRunner::new(q.clone(), SyncOptions::default())
+            .with_meter(super::usage_cmd::meters(cli)?),
+    );
     runner.add_tenant(tenant);
     let pool = WorkerPool::start(
         q.clone(),
