@@ -370,3 +370,39 @@ fn the_default_repository_needs_nothing_but_a_passphrase() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("ASHEVILLE_PASSPHRASE"));
 }
+
+#[test]
+fn usage_quota_and_invoice_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a"), vec![7u8; 100_000]).unwrap();
+    ok(asheville(&data, "pw", &["put", src.to_str().unwrap(), "/s"]));
+    let rows = json(asheville(&data, "pw", &["--json", "usage"]));
+    assert_eq!(rows[0]["value"], "100000", "{rows}");
+    ok(asheville(&data, "pw", &["quota", "--max-stored", "150000"]));
+    std::fs::write(src.join("b"), vec![8u8; 60_000]).unwrap();
+    let err = json_err(asheville(&data, "pw", &["--json", "put", src.to_str().unwrap(), "/t"]));
+    assert_eq!(err, "quota_exceeded");
+    let listed = ok(asheville(&data, "pw", &["ls", "/"]));
+    assert!(!listed.contains('t'), "nothing of the refused put is visible: {listed}");
+    let plan = dir.path().join("plan.json");
+    std::fs::write(
+        &plan,
+        r#"{"name":"p","currency":"EUR","meters":{"storage.bytes_ingested":{"unit":"byte","tiers":[{"price":"0.000001"}]}}}"#,
+    )
+    .unwrap();
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let (y, m, _) = asheville_core::metering::civil_from_days(now / 86_400);
+    let inv = json(asheville(
+        &data,
+        "pw",
+        &["--json", "invoice", &format!("{y:04}-{m:02}"), "--plan", plan.to_str().unwrap()],
+    ));
+    // 100,000 bytes at 0.000001 EUR each.
+    assert_eq!(inv["total"], "0.100000", "{inv}");
+}
