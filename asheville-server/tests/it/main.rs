@@ -378,15 +378,26 @@ fn usage_quota_and_invoice_from_the_cli() {
     let src = dir.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("a"), vec![7u8; 100_000]).unwrap();
-    ok(asheville(&data, "pw", &["put", src.to_str().unwrap(), "/s"]));
+    ok(asheville(
+        &data,
+        "pw",
+        &["put", src.to_str().unwrap(), "/s"],
+    ));
     let rows = json(asheville(&data, "pw", &["--json", "usage"]));
     assert_eq!(rows[0]["value"], "100000", "{rows}");
     ok(asheville(&data, "pw", &["quota", "--max-stored", "150000"]));
     std::fs::write(src.join("b"), vec![8u8; 60_000]).unwrap();
-    let err = json_err(asheville(&data, "pw", &["--json", "put", src.to_str().unwrap(), "/t"]));
+    let err = json_err(asheville(
+        &data,
+        "pw",
+        &["--json", "put", src.to_str().unwrap(), "/t"],
+    ));
     assert_eq!(err, "quota_exceeded");
     let listed = ok(asheville(&data, "pw", &["ls", "/"]));
-    assert!(!listed.contains('t'), "nothing of the refused put is visible: {listed}");
+    assert!(
+        !listed.contains('t'),
+        "nothing of the refused put is visible: {listed}"
+    );
     let plan = dir.path().join("plan.json");
     std::fs::write(
         &plan,
@@ -401,7 +412,13 @@ fn usage_quota_and_invoice_from_the_cli() {
     let inv = json(asheville(
         &data,
         "pw",
-        &["--json", "invoice", &format!("{y:04}-{m:02}"), "--plan", plan.to_str().unwrap()],
+        &[
+            "--json",
+            "invoice",
+            &format!("{y:04}-{m:02}"),
+            "--plan",
+            plan.to_str().unwrap(),
+        ],
     ));
     // 100,000 bytes at 0.000001 EUR each.
     assert_eq!(inv["total"], "0.100000", "{inv}");

@@ -103,10 +103,12 @@ async fn workers(
     n: usize,
 ) -> Result<(WorkerPool, CancellationToken), Error> {
     let tenant = open(cli, true).await?;
-    let runner = Arc::new(
-        SyncRunner::new(q.clone(), SyncOptions::default())
-            .with_meter(super::usage_cmd::meters(cli)?),
-    );
+    let mut runner = SyncRunner::new(q.clone(), SyncOptions::default());
+    // The tenant's meter store (one open handle per process).
+    if let Some(m) = tenant.meter() {
+        runner = runner.with_meter(m.clone());
+    }
+    let runner = Arc::new(runner);
     runner.add_tenant(tenant);
     let pool = WorkerPool::start(
         q.clone(),
