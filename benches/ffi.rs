@@ -1,4 +1,5 @@
-//! put / get of a 256 MiB buffer through the C ABI against the Rust API,
+//! put / get of a 256 MiB buffer through the C ABI and the Python module
+//! against the Rust API,
 //! side by side, 5 rounds each (alternating which goes first, `sync` before
 //! each), medians.
 //!
@@ -93,6 +94,16 @@ fn main() {
         .success();
     assert!(ok, "cc failed");
     let (mut c_put, mut c_get, mut r_put, mut r_get) = (vec![], vec![], vec![], vec![]);
+    let (mut p_put, mut p_get) = (vec![], vec![]);
+    // The Python side runs when `$ASHEVILLE_PYTHON` (default python3) can
+    // import asheville (pip install target/wheels/asheville-*.whl).
+    let python = std::env::var("ASHEVILLE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let py_bench = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bindings/python/bench.py");
+    let has_py = Command::new(&python)
+        .args(["-c", "import asheville"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
     let settle = || {
         // Flush the previous run's dirty pages so it does not slow this one.
         let _ = Command::new("sync").status();
@@ -135,15 +146,56 @@ fn main() {
         if !c_first {
             run_c();
         }
+        if has_py {
+            settle();
+            let out = Command::new(&python)
+                .arg(&py_bench)
+                .arg(tmp.path().join(format!("p{round}")))
+                .arg(mb.to_string())
+                .output()
+                .expect("python runs");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let f = times(&out.stdout);
+            p_put.push(f[0]);
+            p_get.push(f[1]);
+        }
     }
     let rounds = format!(
-        "rounds (s): C put {c_put:.3?}, Rust put {r_put:.3?}, C get {c_get:.3?}, Rust get {r_get:.3?}"
+        "rounds (s): C put {c_put:.3?}, Rust put {r_put:.3?}, Python put {p_put:.3?}, C get {c_get:.3?}, Rust get {r_get:.3?}, Python get {p_get:.3?}"
     );
     let mbs = |s: f64| (mb as f64 * 1.048576) / s;
     let (cp, cg, rp, rg) = (median(c_put), median(c_get), median(r_put), median(r_get));
-    println!("| {mb} MiB, median of 5 | Rust API MB/s | C ABI MB/s | C / Rust |");
-    println!("|---|---:|---:|---:|");
-    println!("| put | {:.0} | {:.0} | {:.2} |", mbs(rp), mbs(cp), rp / cp);
-    println!("| get | {:.0} | {:.0} | {:.2} |", mbs(rg), mbs(cg), rg / cg);
+    let (pp, pg) = if has_py {
+        (median(p_put.clone()), median(p_get.clone()))
+    } else {
+        (f64::NAN, f64::NAN)
+    };
+    println!(
+        "| {mb} MiB, median of 5 | Rust API MB/s | C ABI MB/s | C / Rust | Python MB/s | Python / Rust |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    println!(
+        "| put | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} |",
+        mbs(rp),
+        mbs(cp),
+        rp / cp,
+        mbs(pp),
+        rp / pp
+    );
+    println!(
+        "| get | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} |",
+        mbs(rg),
+        mbs(cg),
+        rg / cg,
+        mbs(pg),
+        rg / pg
+    );
+    if !has_py {
+        println!("\n(Python skipped: {python} cannot import asheville)");
+    }
     println!("\n{rounds}");
 }

@@ -38,7 +38,8 @@ typedef enum AshStatus {
 // A streaming read of one file.
 typedef struct AshReader AshReader;
 
-// An open repository, acting as one tenant.
+// An open repository, acting as one tenant. Opaque in C; from Rust (the
+// other bindings build on it) its parts are public.
 typedef struct AshRepo AshRepo;
 
 // A streaming write of one file; nothing is visible until

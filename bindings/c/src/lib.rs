@@ -163,19 +163,26 @@ unsafe fn put_boxed<T>(out: *mut *mut T, v: T) -> Result<(), Error> {
     Ok(())
 }
 
-/// An open repository, acting as one tenant.
+/// An open repository, acting as one tenant. Opaque in C; from Rust (the
+/// other bindings build on it) its parts are public.
 pub struct AshRepo {
-    rt: tokio::runtime::Runtime,
-    dir: PathBuf,
-    tenant: Tenant,
-    meters: Arc<dyn MeterStore>,
+    /// The runtime every call blocks on.
+    pub rt: tokio::runtime::Runtime,
+    /// The data directory.
+    pub dir: PathBuf,
+    /// The tenant, metered into `meters`.
+    pub tenant: Tenant,
+    /// `<dir>/meters.redb`.
+    pub meters: Arc<dyn MeterStore>,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Error> {
     asheville_storage::runtime().map_err(|e| Error::io("cannot start the async runtime", e))
 }
 
-fn open_repo(
+/// Opens (or, with `create`, makes) the data directory `dir` as `tenant`:
+/// what `ash_repo_open` / `ash_repo_create` do, for Rust callers.
+pub fn open_repo(
     dir: &Path,
     config: Option<&str>,
     tenant: &str,
@@ -348,8 +355,11 @@ pub unsafe extern "C" fn ash_get_buffer(
         if out.is_null() || out_len.is_null() {
             return Err(invalid("an output pointer is null"));
         }
-        let mut v = Vec::new();
-        r.rt.block_on(r.tenant.get(p, &mut v))?;
+        // Sized from the catalog, so the buffer is allocated once.
+        let st = r.tenant.stat(p)?;
+        let len = usize::try_from(st.size).map_err(|_| invalid("the file is too large"))?;
+        let mut v = Vec::with_capacity(len);
+        r.rt.block_on(r.tenant.get_version(p, st.version, &mut v))?;
         let boxed = v.into_boxed_slice();
         let n = boxed.len();
         let ptr = Box::into_raw(boxed) as *mut u8;
@@ -788,7 +798,8 @@ pub unsafe extern "C" fn ash_sync_dir(
     })
 }
 
-fn sync_err(e: asheville_sync::Error) -> Error {
+/// A sync error as a storage error (kind kept where it has a match).
+pub fn sync_err(e: asheville_sync::Error) -> Error {
     let kind = match e.kind() {
         asheville_sync::ErrorKind::NotFound => ErrorKind::NotFound,
         asheville_sync::ErrorKind::InvalidInput => ErrorKind::InvalidInput,
@@ -798,7 +809,9 @@ fn sync_err(e: asheville_sync::Error) -> Error {
     Error::new(kind, e.to_string())
 }
 
-async fn sync_dir(
+/// Adds (or updates) the local directory `dir` as `source` of `user`,
+/// syncs it now and waits: what `ash_sync_dir` does.
+pub async fn sync_dir(
     r: &AshRepo,
     user: &str,
     source: &str,
@@ -835,6 +848,23 @@ async fn sync_dir(
     out
 }
 
+/// Daily usage rows of `meter` for the tenant (what `ash_usage` returns).
+pub fn usage_rows(
+    r: &AshRepo,
+    meter: &str,
+) -> Result<Vec<asheville_core::metering::AggregateRow>, Error> {
+    r.meters.query(&asheville_storage::metering::UsageQuery {
+        tenant: r.tenant.name().to_owned(),
+        meter: meter.to_owned(),
+        granularity: asheville_core::metering::Granularity::Day,
+        from_ns: 0,
+        to_ns: i64::MAX,
+        dims: String::new(),
+        after_ns: None,
+        limit: 10_000,
+    })
+}
+
 /// Usage of `meter` for this tenant, per day, as a JSON array of rows
 /// (`start_ns`, `value` as a decimal string).
 ///
@@ -849,16 +879,7 @@ pub unsafe extern "C" fn ash_usage(
     guard(|| {
         // SAFETY: forwarded caller promises.
         let (r, m) = unsafe { (repo_ref(repo)?, arg(meter, "meter")?) };
-        let rows = r.meters.query(&asheville_storage::metering::UsageQuery {
-            tenant: r.tenant.name().to_owned(),
-            meter: m.to_owned(),
-            granularity: asheville_core::metering::Granularity::Day,
-            from_ns: 0,
-            to_ns: i64::MAX,
-            dims: String::new(),
-            after_ns: None,
-            limit: 10_000,
-        })?;
+        let rows = usage_rows(r, m)?;
         let v = serde_json::to_value(&rows).map_err(|e| invalid("JSON").set_source(e))?;
         json_out(out_json, &v)
     })
