@@ -319,12 +319,13 @@ impl Reader {
                     r.rt.block_on(pipe.read(&mut buf))
                         .map_err(|e| Error::io("reading failed", e))?;
                 buf.truncate(got);
-                if got == 0 && n > 0 {
-                    if let Some(t) = task.take() {
-                        r.rt.block_on(t).map_err(|e| {
-                            Error::new(ErrorKind::Other, "the read task failed").set_source(e)
-                        })??;
-                    }
+                if got == 0
+                    && n > 0
+                    && let Some(t) = task.take()
+                {
+                    r.rt.block_on(t).map_err(|e| {
+                        Error::new(ErrorKind::Other, "the read task failed").set_source(e)
+                    })??;
                 }
                 Ok(buf)
             })
