@@ -212,6 +212,13 @@ enum AshStatus ash_sync_dir(const struct AshRepo *repo,
                             const char *dir,
                             char **out_json);
 
+// The sources of `user` with their newest sync job (state, progress,
+// history), as a JSON array, in `*out_json`.
+//
+// # Safety
+// `repo` is a live handle; `user` NUL-terminated; `out_json` valid.
+enum AshStatus ash_sync_status(const struct AshRepo *repo, const char *user, char **out_json);
+
 // Usage of `meter` for this tenant, per day, as a JSON array of rows
 // (`start_ns`, `value` as a decimal string).
 //

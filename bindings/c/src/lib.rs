@@ -848,6 +848,42 @@ pub async fn sync_dir(
     out
 }
 
+/// Each source of `user` with its newest job (what `ash_sync_status`
+/// returns).
+pub async fn sync_status(
+    r: &AshRepo,
+    user: &str,
+) -> asheville_sync::Result<Vec<asheville_sync::SourceStatus>> {
+    use asheville_sync::*;
+    let q = Arc::new(RedbQueue::open(
+        &r.dir.join("sync.redb"),
+        QueueConfig::default(),
+    )?);
+    Conductor::new(q.clone(), q)
+        .status(r.tenant.name(), user)
+        .await
+}
+
+/// The sources of `user` with their newest sync job (state, progress,
+/// history), as a JSON array, in `*out_json`.
+///
+/// # Safety
+/// `repo` is a live handle; `user` NUL-terminated; `out_json` valid.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ash_sync_status(
+    repo: *const AshRepo,
+    user: *const c_char,
+    out_json: *mut *mut c_char,
+) -> AshStatus {
+    guard(|| {
+        // SAFETY: forwarded caller promises.
+        let (r, u) = unsafe { (repo_ref(repo)?, arg(user, "user")?) };
+        let st = r.rt.block_on(sync_status(r, u)).map_err(sync_err)?;
+        let v = serde_json::to_value(&st).map_err(|e| invalid("JSON").set_source(e))?;
+        json_out(out_json, &v)
+    })
+}
+
 /// Daily usage rows of `meter` for the tenant (what `ash_usage` returns).
 pub fn usage_rows(
     r: &AshRepo,

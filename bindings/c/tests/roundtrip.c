@@ -130,6 +130,10 @@ int main(int argc, char **argv) {
     CHECK(json && strstr(json, "\"state\":\"succeeded\""), "sync: %s", json ? json : "(null)");
     ash_string_free(json);
     json = NULL;
+    OK(ash_sync_status(repo, "alice", &json));
+    CHECK(json && strstr(json, "\"name\":\"work\"") && strstr(json, "\"state\":\"succeeded\""), "sync status: %s", json ? json : "(null)");
+    ash_string_free(json);
+    json = NULL;
     OK(ash_usage(repo, "storage.bytes_ingested", &json));
     CHECK(json && strstr(json, "\"value\""), "usage: %s", json ? json : "(null)");
     ash_string_free(json);

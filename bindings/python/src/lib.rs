@@ -234,6 +234,15 @@ impl Repository {
         serde_json::to_string(&job).map_err(|e| AshevilleError::new_err(e.to_string()))
     }
 
+    /// The sources of `user` with their newest job, as JSON.
+    fn sync_status_json(&self, py: Python<'_>, user: &str) -> PyResult<String> {
+        let r = self.repo()?;
+        let st = py
+            .detach(|| r.rt.block_on(asheville_c::sync_status(&r, user)))
+            .map_err(|e| to_py(asheville_c::sync_err(e)))?;
+        serde_json::to_string(&st).map_err(|e| AshevilleError::new_err(e.to_string()))
+    }
+
     /// Daily usage rows of `meter`, as JSON.
     fn usage_json(&self, meter: &str) -> PyResult<String> {
         let r = self.repo()?;

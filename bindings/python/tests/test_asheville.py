@@ -117,6 +117,9 @@ def test_sync_and_usage():
         assert repo.get("/sync/alice/inbox/m3.eml") == open(os.path.join(src, "m3.eml"), "rb").read()
         again = repo.sync_dir("alice", "inbox", src)
         assert again["progress"]["items_stored"] == 0
+        status = repo.sync_status("alice")
+        assert [s["source"]["name"] for s in status] == ["inbox"]
+        assert status[0]["last_job"]["state"] == "succeeded"
         rows = repo.usage("sync.items")
         assert sum(int(r["value"]) for r in rows) == 20
 

@@ -170,6 +170,11 @@ class Repository:
         returns the finished job (state, progress, item errors)."""
         return json.loads(self._inner.sync_dir_json(user, source, str(dir)))
 
+    def sync_status(self, user: str) -> List[Dict[str, Any]]:
+        """Each source of ``user`` (``source``) with its newest job
+        (``last_job``: state, progress, history), or ``None``."""
+        return json.loads(self._inner.sync_status_json(user))
+
     def usage(self, meter: str = "storage.bytes_ingested") -> List[Dict[str, Any]]:
         """Daily usage rows of ``meter`` (``value`` is a decimal string)."""
         return json.loads(self._inner.usage_json(meter))
