@@ -1,2 +1,5 @@
-//! Asheville's shells. Today: the `asheville` command-line tool
-//! (`src/bin/asheville.rs`). The HTTP server of DESIGN.md is not built yet.
+//! Asheville's shells: the reference HTTP server ([`http`]) and the
+//! `asheville` command-line tool (`src/bin/asheville/`), which also runs
+//! the server as `asheville serve`.
+
+pub mod http;

@@ -1369,6 +1369,35 @@ impl Tenant {
     /// Bytes `range` of the latest version of `path`.
     pub async fn get_range(&self, path: &str, range: Range<u64>) -> Result<Vec<u8>> {
         let fv = self.stat(path)?;
+        let mut out = Vec::with_capacity(range.end.saturating_sub(range.start) as usize);
+        let mut stream = self.read_stream(&fv, range)?;
+        while let Some(b) = stream.try_next().await? {
+            out.extend_from_slice(&b);
+        }
+        Ok(out)
+    }
+
+    /// Streams bytes `range` of the version `fv`, one piece per chunk,
+    /// reading up to four chunks ahead. The stream owns what it needs
+    /// (`'static + Send`), so it can be handed to an HTTP body or another
+    /// task. Served bytes are metered once the stream has been read to its
+    /// end. A range outside the file is an `InvalidInput` error.
+    ///
+    /// ```no_run
+    /// # async fn f(t: asheville_storage::Tenant) -> asheville_storage::Result<()> {
+    /// use futures::TryStreamExt;
+    /// let fv = t.stat("/big.iso")?;
+    /// let mut s = t.read_stream(&fv, 0..fv.size.min(4096))?;
+    /// while let Some(piece) = s.try_next().await? {
+    ///     println!("{} bytes", piece.len());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn read_stream(
+        &self,
+        fv: &FileVersion,
+        range: Range<u64>,
+    ) -> Result<futures::stream::BoxStream<'static, Result<Bytes>>> {
         if range.start > range.end || range.end > fv.size {
             return Err(
                 Error::new(ErrorKind::InvalidInput, "range outside the file")
@@ -1376,7 +1405,7 @@ impl Tenant {
                     .with_context("size", fv.size),
             );
         }
-        let mut out = Vec::with_capacity((range.end - range.start) as usize);
+        let mut parts = Vec::new();
         let mut pos = 0u64;
         for c in &fv.chunks {
             let (lo, hi) = (pos, pos + u64::from(c.len));
@@ -1384,13 +1413,37 @@ impl Tenant {
             if hi <= range.start || lo >= range.end {
                 continue;
             }
-            let data = self.read_chunk(c).await?;
-            let a = range.start.max(lo) - lo;
-            let b = range.end.min(hi) - lo;
-            out.extend_from_slice(&data[a as usize..b as usize]);
+            let a = (range.start.max(lo) - lo) as usize;
+            let b = (range.end.min(hi) - lo) as usize;
+            parts.push((c.clone(), a, b));
         }
-        self.meter_served(out.len() as u64);
-        Ok(out)
+        let t = self.clone();
+        let pieces = futures::stream::iter(parts)
+            .map(move |(c, a, b)| {
+                let t = t.clone();
+                async move {
+                    let data = t.read_chunk(&c).await?;
+                    Ok::<_, Error>(if a == 0 && b == data.len() {
+                        match Arc::try_unwrap(data) {
+                            Ok(v) => Bytes::from(v),
+                            Err(shared) => Bytes::copy_from_slice(&shared),
+                        }
+                    } else {
+                        Bytes::copy_from_slice(&data[a..b])
+                    })
+                }
+            })
+            .buffered(4);
+        let t = self.clone();
+        let served = range.end - range.start;
+        let done = futures::stream::once(async move {
+            t.meter_served(served);
+            Ok(Bytes::new())
+        });
+        Ok(pieces
+            .chain(done)
+            .try_filter(|b| futures::future::ready(!b.is_empty()))
+            .boxed())
     }
 
     async fn write_version<W: AsyncWrite + Unpin>(
@@ -1398,9 +1451,7 @@ impl Tenant {
         fv: &FileVersion,
         out: &mut W,
     ) -> Result<()> {
-        let mut stream = futures::stream::iter(fv.chunks.iter())
-            .map(|c| self.read_chunk(c))
-            .buffered(4);
+        let mut stream = self.read_stream(fv, 0..fv.size)?;
         while let Some(data) = stream.try_next().await? {
             out.write_all(&data)
                 .await
@@ -1409,7 +1460,6 @@ impl Tenant {
         out.flush()
             .await
             .map_err(|e| Error::io("writing the output failed", e))?;
-        self.meter_served(fv.size);
         Ok(())
     }
 

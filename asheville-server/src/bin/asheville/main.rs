@@ -184,6 +184,26 @@ enum Cmd {
         #[arg(long, default_value_t = 2)]
         workers: usize,
     },
+    /// Run the HTTP server (files, syncs, usage, tokens, events, status
+    /// page) until Ctrl-C or SIGTERM. Prints its URL, and on first start
+    /// an admin token.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080", env = "ASHEVILLE_LISTEN")]
+        listen: std::net::SocketAddr,
+        /// Sync jobs run at once in this process.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Serve a tenant by `Host`: `files.example.com=acme` (repeatable).
+        #[arg(long = "host-tenant", value_name = "HOST=TENANT")]
+        host_tenant: Vec<String>,
+        /// Connections served at once.
+        #[arg(long, default_value_t = 1024)]
+        max_connections: usize,
+        /// Requests per second per tenant.
+        #[arg(long, default_value_t = 2000.0)]
+        rate: f64,
+    },
     /// Run queued sync jobs and periodic syncs until Ctrl-C.
     Worker {
         /// Jobs run at once.
@@ -786,6 +806,13 @@ async fn run(cli: &Cli) -> Result<ExitCode, Error> {
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Cmd::Serve {
+            listen,
+            workers,
+            host_tenant,
+            max_connections,
+            rate,
+        } => serve(cli, *listen, *workers, host_tenant, *max_connections, *rate).await?,
         Cmd::Worker {
             workers,
             until_idle,
@@ -817,6 +844,75 @@ async fn run(cli: &Cli) -> Result<ExitCode, Error> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(
+    cli: &Cli,
+    listen: std::net::SocketAddr,
+    workers: usize,
+    host_tenant: &[String],
+    max_connections: usize,
+    rate: f64,
+) -> Result<(), Error> {
+    use asheville_server::http::{Server, ServerConfig};
+    let mut cfg = ServerConfig::new(&cli.data_dir);
+    cfg.workers = workers;
+    cfg.passphrase = passphrase(cli).ok();
+    cfg.insecure_fast_kdf = std::env::var_os("ASHEVILLE_INSECURE_FAST_KDF").is_some();
+    cfg.limits.connections = max_connections.max(1);
+    cfg.limits.tenant_rate = rate;
+    cfg.limits.tenant_burst = (rate * 2.0).max(1.0);
+    for h in host_tenant {
+        let (host, tenant) = h.split_once('=').ok_or_else(|| {
+            Error::new(ErrorKind::InvalidInput, "--host-tenant is HOST=TENANT")
+                .with_context("value", h)
+        })?;
+        cfg.hosts
+            .insert(host.to_ascii_lowercase(), tenant.to_owned());
+    }
+    let api = |e: asheville_server::http::ApiError| Error::new(ErrorKind::Other, e.to_string());
+    let server = Server::open(cfg).await.map_err(api)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| Error::io("cannot listen", e).with_context("address", listen))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::io("cannot listen", e))?;
+    if cli.json {
+        print_json(&serde_json::json!({
+            "url": format!("http://{addr}"),
+            "admin_token": server.first_admin_token(),
+        }));
+    } else {
+        println!(
+            "asheville serving http://{addr}/ (data: {})",
+            cli.data_dir.display()
+        );
+        if let Some(t) = server.first_admin_token() {
+            println!("admin token (shown once, keep it): {t}");
+        }
+    }
+    let shutdown = async {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    server.serve(listener, shutdown).await;
+    Ok(())
 }
 
 fn main() -> ExitCode {
