@@ -1380,8 +1380,8 @@ impl Tenant {
     /// Streams bytes `range` of the version `fv`, one piece per chunk,
     /// reading up to four chunks ahead. The stream owns what it needs
     /// (`'static + Send`), so it can be handed to an HTTP body or another
-    /// task. Served bytes are metered once the stream has been read to its
-    /// end. A range outside the file is an `InvalidInput` error.
+    /// task. Served bytes are metered when the last piece is handed out.
+    /// A range outside the file is an `InvalidInput` error.
     ///
     /// ```no_run
     /// # async fn f(t: asheville_storage::Tenant) -> asheville_storage::Result<()> {
@@ -1415,8 +1415,9 @@ impl Tenant {
             }
             let a = (range.start.max(lo) - lo) as usize;
             let b = (range.end.min(hi) - lo) as usize;
-            parts.push((c.clone(), a, b));
+            parts.push((*c, a, b));
         }
+        let parts_len = parts.len();
         let t = self.clone();
         let pieces = futures::stream::iter(parts)
             .map(move |(c, a, b)| {
@@ -1434,15 +1435,22 @@ impl Tenant {
                 }
             })
             .buffered(4);
+        // Metered when the last piece is handed out (a consumer such as an
+        // HTTP body with a known length may never poll past it).
         let t = self.clone();
         let served = range.end - range.start;
-        let done = futures::stream::once(async move {
-            t.meter_served(served);
-            Ok(Bytes::new())
-        });
+        let last = parts_len.saturating_sub(1);
+        if parts_len == 0 {
+            t.meter_served(0);
+        }
         Ok(pieces
-            .chain(done)
-            .try_filter(|b| futures::future::ready(!b.is_empty()))
+            .enumerate()
+            .map(move |(i, piece)| {
+                if i == last && piece.is_ok() {
+                    t.meter_served(served);
+                }
+                piece
+            })
             .boxed())
     }
 

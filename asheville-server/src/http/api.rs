@@ -249,7 +249,7 @@ pub async fn dispatch(
         "openapi" => {
             return Response::builder()
                 .header(header::CONTENT_TYPE, "application/json")
-                .body(full(super::OPENAPI))
+                .body(full(app.openapi.clone()))
                 .map_err(|e| ApiError::internal(e.to_string()));
         }
         _ => {}
@@ -344,7 +344,8 @@ pub async fn dispatch(
         "create_token" => create_token(app, &ctx, req).await,
         "list_tokens" => {
             let t = app.auth.tokens(&ctx.tenant)?;
-            respond(StatusCode::OK, &json!({"tokens": to_json(&t)?}))
+            let list = t.iter().map(token_json).collect::<ApiResult<Vec<_>>>()?;
+            respond(StatusCode::OK, &json!({ "tokens": list }))
         }
         "revoke_token" => {
             let id = param(&params, "id")?
@@ -851,6 +852,15 @@ fn invoice(
     respond(StatusCode::OK, &to_json(&inv)?)
 }
 
+/// A token record without its hash.
+fn token_json(rec: &asheville_storage::auth::TokenRecord) -> ApiResult<Value> {
+    let mut v = to_json(rec)?;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("hash");
+    }
+    Ok(v)
+}
+
 async fn create_token(app: &App, ctx: &Ctx, req: Request<Incoming>) -> ApiResult<Response<Body>> {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -883,7 +893,7 @@ async fn create_token(app: &App, ctx: &Ctx, req: Request<Incoming>) -> ApiResult
     let (secret, rec) =
         app.auth
             .create_token(&ctx.tenant, &b.user, &b.name, grants, expires, now)?;
-    let mut v = to_json(&rec)?;
+    let mut v = token_json(&rec)?;
     v["token"] = Value::String(secret.reveal());
     respond(StatusCode::CREATED, &v)
 }

@@ -26,6 +26,7 @@
 mod api;
 mod error;
 mod metrics;
+mod openapi;
 mod ratelimit;
 mod routes;
 mod ws;
@@ -55,8 +56,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::{ApiError, ApiResult};
 
-/// The OpenAPI 3 document served at `/v1/openapi.json`.
-pub const OPENAPI: &str = include_str!("openapi.json");
+pub use openapi::document as openapi_document;
 pub use routes::{ROUTES, Route};
 
 /// The body of every response.
@@ -167,6 +167,7 @@ pub(crate) struct App {
     pub objects: PathBuf,
     pub plan: Option<PricePlan>,
     pub shutdown: CancellationToken,
+    pub openapi: String,
 }
 
 /// A running server's state (open files, workers).
@@ -281,6 +282,7 @@ impl Server {
             objects,
             plan,
             shutdown: CancellationToken::new(),
+            openapi: openapi::document().to_string(),
         });
         let mut admin_token = None;
         if app.auth.tenants()?.is_empty() {
@@ -364,6 +366,8 @@ impl Server {
                 .timer(TokioTimer::new())
                 .header_read_timeout(app.cfg.limits.header_timeout)
                 .max_buf_size(app.cfg.limits.header_bytes.max(8192))
+                .max_header_size(app.cfg.limits.header_bytes)
+                .max_headers(128)
                 .serve_connection(TokioIo::new(stream), svc)
                 .with_upgrades();
             let closing = closing.clone();

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on failure
 
 mod crash;
+mod http;
 mod sync;
 
 use std::os::unix::fs::PermissionsExt;
