@@ -1,6 +1,7 @@
 //! End-to-end tests of the `asheville` binary.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on failure
 
+mod browser;
 mod crash;
 mod http;
 mod sync;
