@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::backend::{DynBackend, ObjectStoreBackend};
+use crate::backend::DynBackend;
 use crate::cache::{CacheKey, CacheStats, ReadCache};
 use crate::catalog::{
     BlobLoc, Catalog, ChunkRef, FileMeta, FileVersion, ListPage, NewVersion, PackRecord,
@@ -280,7 +280,7 @@ impl Repository {
                     .find(|(_, c)| c.name == b.name && c.kind == b.kind)
                 {
                     Some((existing, _)) => Ok(existing.clone()),
-                    None => Ok(Arc::new(ObjectStoreBackend::open(&b.name, &b.kind)?) as DynBackend),
+                    None => crate::backend::open(&b.name, &b.kind),
                 }
             })
             .collect::<Result<_>>()?;
@@ -499,7 +499,7 @@ fn open_backends(config: &RepoConfig) -> Result<Vec<DynBackend>> {
     config
         .backends
         .iter()
-        .map(|b| Ok(Arc::new(ObjectStoreBackend::open(&b.name, &b.kind)?) as DynBackend))
+        .map(|b| crate::backend::open(&b.name, &b.kind))
         .collect()
 }
 

@@ -4,6 +4,7 @@
 mod browser;
 mod crash;
 mod http;
+mod node;
 mod sync;
 
 use std::os::unix::fs::PermissionsExt;

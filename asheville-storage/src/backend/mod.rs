@@ -11,9 +11,19 @@ use crate::error::Result;
 
 mod faulty;
 mod objstore;
+mod remote;
 
 pub use faulty::{Fault, FaultyBackend};
 pub use objstore::{BackendKind, ObjectStoreBackend, S3Config};
+pub use remote::RemoteBackend;
+
+/// Opens the backend a [`BackendKind`] describes.
+pub fn open(name: &str, kind: &BackendKind) -> Result<DynBackend> {
+    Ok(match kind {
+        BackendKind::Remote { url, token } => Arc::new(RemoteBackend::new(name, url, token)?),
+        other => Arc::new(ObjectStoreBackend::open(name, other)?),
+    })
+}
 
 /// Size and name of a stored object.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -63,6 +63,14 @@ pub enum BackendKind {
     Memory,
     /// S3 or compatible.
     S3(S3Config),
+    /// Another Asheville server acting as an array node
+    /// ([`super::RemoteBackend`]).
+    Remote {
+        /// `http://host:port` of the node.
+        url: String,
+        /// A node token (permission `node.objects`). Never logged.
+        token: String,
+    },
 }
 
 impl std::fmt::Debug for BackendKind {
@@ -72,6 +80,7 @@ impl std::fmt::Debug for BackendKind {
                 write!(f, "Local({}, fsync={fsync})", path.display())
             }
             BackendKind::Memory => f.write_str("Memory"),
+            BackendKind::Remote { url, .. } => write!(f, "Remote({url}, token=<redacted>)"),
             BackendKind::S3(c) => write!(
                 f,
                 "S3(bucket={}, endpoint={:?}, region={}, key_id={}, secret=<redacted>)",
@@ -159,6 +168,11 @@ impl ObjectStoreBackend {
                 me.prefix = c.prefix.as_deref().map(OsPath::from);
                 Ok(me)
             }
+            BackendKind::Remote { .. } => Err(Error::new(
+                ErrorKind::Unsupported,
+                "a remote node is not an object_store store; open it with backend::open",
+            )
+            .with_context("backend", name)),
             #[cfg(not(feature = "s3"))]
             BackendKind::S3(_) => Err(Error::new(
                 ErrorKind::Unsupported,
