@@ -255,6 +255,7 @@ pub async fn dispatch(
         _ => {}
     }
     let ctx = authenticate(app, &req, &q, route)?;
+    app.count_request(&ctx.tenant);
     if let Err(wait) = app.rate.take(&ctx.tenant) {
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,

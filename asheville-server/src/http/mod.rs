@@ -168,6 +168,8 @@ pub(crate) struct App {
     pub plan: Option<PricePlan>,
     pub shutdown: CancellationToken,
     pub openapi: String,
+    /// Authenticated requests per tenant since the last flush.
+    requests: Mutex<HashMap<String, u64>>,
 }
 
 /// A running server's state (open files, workers).
@@ -283,6 +285,7 @@ impl Server {
             plan,
             shutdown: CancellationToken::new(),
             openapi: openapi::document().to_string(),
+            requests: Mutex::new(HashMap::new()),
         });
         let mut admin_token = None;
         if app.auth.tenants()?.is_empty() {
@@ -312,6 +315,18 @@ impl Server {
                     ..WorkerConfig::default()
                 },
             )
+        });
+        // `api.requests` is counted in memory and recorded once a second
+        // (one event per tenant), so metering costs a request no write.
+        let flusher = app.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => flusher.flush_requests(),
+                    () = flusher.shutdown.cancelled() => { flusher.flush_requests(); return }
+                }
+            }
         });
         if app.cfg.workers > 0 {
             tokio::spawn(
@@ -384,11 +399,14 @@ impl Server {
                 drop(permit);
             });
         }
-        app.shutdown.cancel();
         drop(listener);
         closing.cancel();
         let all = u32::try_from(app.cfg.limits.connections).unwrap_or(u32::MAX);
         let _ = tokio::time::timeout(Duration::from_secs(30), permits.acquire_many(all)).await;
+        // Requests are done: stop websockets and the scheduler, record the
+        // last request counts.
+        app.shutdown.cancel();
+        app.flush_requests();
         if let Some(pool) = self.pool {
             pool.shutdown().await;
         }
@@ -413,6 +431,43 @@ impl App {
 
     fn tenants_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Tenant>> {
         self.tenants.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts one authenticated request of `tenant` (`api.requests`).
+    pub fn count_request(&self, tenant: &str) {
+        let mut m = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        match m.get_mut(tenant) {
+            Some(n) => *n += 1,
+            None => {
+                m.insert(tenant.to_owned(), 1);
+            }
+        }
+    }
+
+    /// Records the counted requests as usage events.
+    pub fn flush_requests(&self) {
+        let counts = std::mem::take(&mut *self.requests.lock().unwrap_or_else(|p| p.into_inner()));
+        if counts.is_empty() {
+            return;
+        }
+        let at_ns = now_ns();
+        let mut nonce = [0u8; 8];
+        let _ = getrandom::fill(&mut nonce);
+        let nonce = u64::from_le_bytes(nonce);
+        let events: Vec<_> = counts
+            .into_iter()
+            .map(|(tenant, n)| asheville_core::metering::UsageEvent {
+                idempotency_key: format!("api-{at_ns}-{nonce:016x}-{tenant}"),
+                tenant,
+                meter: asheville_core::metering::API_REQUESTS.into(),
+                value: n,
+                at_ns,
+                dims: Default::default(),
+            })
+            .collect();
+        // Best effort, like the library's own metering: a failed write
+        // loses at most one second of request counts.
+        let _ = self.meters.record(&events);
     }
 
     /// Jobs per state, for `/metrics`.
