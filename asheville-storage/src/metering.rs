@@ -485,3 +485,162 @@ impl MeterStore for RedbMeterStore {
         }
     }
 }
+
+/// A [`MeterStore`] that adds up per-request counter events in memory and
+/// writes them to the store underneath once per period (one event per
+/// tenant, meter, dimensions and period), so that metering a read or a
+/// small write costs no durable write of its own. What it buffers are the
+/// meters named at construction (by default `storage.bytes_served`,
+/// `storage.bytes_ingested` and `api.requests`, whose events carry
+/// one-off idempotency keys); everything else passes straight through.
+/// Every read (queries, gauges, quotas, invoices) flushes first, so a
+/// caller reads its own usage. A crash loses at most one period of those
+/// counters; metering is best effort either way (DESIGN.md, metering).
+pub struct BufferedMeterStore {
+    inner: std::sync::Arc<dyn MeterStore>,
+    meters: Vec<String>,
+    period_ns: i64,
+    pending: std::sync::Mutex<BTreeMap<(String, String, Dimensions, i64), u64>>,
+}
+
+impl std::fmt::Debug for BufferedMeterStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BufferedMeterStore")
+            .field("meters", &self.meters)
+            .field("period_ns", &self.period_ns)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BufferedMeterStore {
+    /// Buffers the default per-request meters over `inner` for `period`.
+    /// Call [`BufferedMeterStore::flush`] periodically (see
+    /// [`BufferedMeterStore::spawn_flusher`]) and before exit.
+    pub fn new(inner: std::sync::Arc<dyn MeterStore>, period: std::time::Duration) -> Self {
+        BufferedMeterStore {
+            inner,
+            meters: vec![
+                asheville_core::metering::BYTES_SERVED.to_owned(),
+                asheville_core::metering::BYTES_INGESTED.to_owned(),
+                asheville_core::metering::API_REQUESTS.to_owned(),
+            ],
+            period_ns: i64::try_from(period.as_nanos()).unwrap_or(i64::MAX).max(1),
+            pending: std::sync::Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Flushes every `period` on the current tokio runtime until `self`
+    /// is dropped elsewhere (the task holds a weak reference).
+    pub fn spawn_flusher(self: &std::sync::Arc<Self>, period: std::time::Duration) {
+        let weak = std::sync::Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tick.tick().await;
+                let Some(me) = weak.upgrade() else { return };
+                let _ = me.flush();
+            }
+        });
+    }
+
+    /// Writes the buffered counters to the store underneath.
+    pub fn flush(&self) -> Result<RecordReport> {
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        if pending.is_empty() {
+            return Ok(RecordReport::default());
+        }
+        // Unique keys: this flush's time and a process-wide sequence.
+        static FLUSHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nonce = crate::catalog::now_ns();
+        let seq = FLUSHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let events: Vec<UsageEvent> = pending
+            .into_iter()
+            .enumerate()
+            .map(|(i, ((tenant, meter, dims, bucket), value))| UsageEvent {
+                idempotency_key: format!("buffered-{nonce}-{seq}-{i}"),
+                tenant,
+                meter,
+                value,
+                at_ns: bucket,
+                dims,
+            })
+            .collect();
+        self.inner.record(&events)
+    }
+}
+
+impl Drop for BufferedMeterStore {
+    fn drop(&mut self) {
+        let _ = self.flush();
+    }
+}
+
+impl MeterStore for BufferedMeterStore {
+    fn record(&self, events: &[UsageEvent]) -> Result<RecordReport> {
+        let mut through = Vec::new();
+        let mut report = RecordReport::default();
+        {
+            let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            for e in events {
+                if self.meters.contains(&e.meter) {
+                    let bucket = e.at_ns.div_euclid(self.period_ns) * self.period_ns;
+                    let k = (e.tenant.clone(), e.meter.clone(), e.dims.clone(), bucket);
+                    let v = p.entry(k).or_insert(0);
+                    *v = v.saturating_add(e.value);
+                    report.accepted += 1;
+                } else {
+                    through.push(e.clone());
+                }
+            }
+        }
+        if !through.is_empty() {
+            let r = self.inner.record(&through)?;
+            report.accepted += r.accepted;
+            report.duplicates += r.duplicates;
+            report.rejected.extend(r.rejected);
+        }
+        Ok(report)
+    }
+
+    fn adjust_gauge(
+        &self,
+        tenant: &str,
+        meter: &str,
+        dims: &Dimensions,
+        delta: i64,
+        at_ns: i64,
+        key: &str,
+    ) -> Result<u64> {
+        self.inner
+            .adjust_gauge(tenant, meter, dims, delta, at_ns, key)
+    }
+
+    fn query(&self, q: &UsageQuery) -> Result<Vec<AggregateRow>> {
+        self.flush()?;
+        self.inner.query(q)
+    }
+
+    fn daily(
+        &self,
+        tenant: &str,
+        meter: &str,
+        from: i64,
+        to: i64,
+        now: i64,
+    ) -> Result<Vec<AggregateRow>> {
+        self.flush()?;
+        self.inner.daily(tenant, meter, from, to, now)
+    }
+
+    fn gauge(&self, tenant: &str, meter: &str) -> Result<u64> {
+        self.inner.gauge(tenant, meter)
+    }
+
+    fn set_quota(&self, tenant: &str, quota: Quota) -> Result<()> {
+        self.inner.set_quota(tenant, quota)
+    }
+
+    fn quota(&self, tenant: &str) -> Result<Quota> {
+        self.inner.quota(tenant)
+    }
+}

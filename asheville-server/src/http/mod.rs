@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use asheville_core::metering::PricePlan;
 use asheville_storage::auth::{AuthStore, Grant};
-use asheville_storage::metering::{MeterStore, RedbMeterStore};
+use asheville_storage::metering::{BufferedMeterStore, MeterStore, RedbMeterStore};
 use asheville_storage::{ErrorKind, RepoConfig, Repository, Tenant, TenantKey};
 use asheville_sync::{
     Conductor, QueueConfig, RedbQueue, Scheduler, SyncOptions, SyncRunner, WorkerConfig, WorkerPool,
@@ -168,8 +168,8 @@ pub(crate) struct App {
     pub plan: Option<PricePlan>,
     pub shutdown: CancellationToken,
     pub openapi: String,
-    /// Authenticated requests per tenant since the last flush.
-    requests: Mutex<HashMap<String, u64>>,
+    /// The meter store's buffer of per-request counters.
+    buffered: Arc<BufferedMeterStore>,
 }
 
 /// A running server's state (open files, workers).
@@ -252,7 +252,15 @@ impl Server {
             Repository::create(&cat, c).await?
         };
         let auth = AuthStore::open(&dir.join("auth.redb"))?;
-        let meters: Arc<dyn MeterStore> = Arc::new(RedbMeterStore::open(&dir.join("meters.redb"))?);
+        // Per-request counters (served, ingested, api.requests) add up in
+        // memory and are written once a second: no request waits on a
+        // metering write.
+        let buffered = Arc::new(BufferedMeterStore::new(
+            Arc::new(RedbMeterStore::open(&dir.join("meters.redb"))?),
+            Duration::from_secs(1),
+        ));
+        buffered.spawn_flusher(Duration::from_secs(1));
+        let meters: Arc<dyn MeterStore> = buffered.clone();
         let queue = Arc::new(RedbQueue::open(
             &dir.join("sync.redb"),
             QueueConfig::default(),
@@ -285,7 +293,7 @@ impl Server {
             plan,
             shutdown: CancellationToken::new(),
             openapi: openapi::document().to_string(),
-            requests: Mutex::new(HashMap::new()),
+            buffered,
         });
         let mut admin_token = None;
         if app.auth.tenants()?.is_empty() {
@@ -315,18 +323,6 @@ impl Server {
                     ..WorkerConfig::default()
                 },
             )
-        });
-        // `api.requests` is counted in memory and recorded once a second
-        // (one event per tenant), so metering costs a request no write.
-        let flusher = app.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => flusher.flush_requests(),
-                    () = flusher.shutdown.cancelled() => { flusher.flush_requests(); return }
-                }
-            }
         });
         if app.cfg.workers > 0 {
             tokio::spawn(
@@ -406,7 +402,7 @@ impl Server {
         // Requests are done: stop websockets and the scheduler, record the
         // last request counts.
         app.shutdown.cancel();
-        app.flush_requests();
+        let _ = app.buffered.flush();
         if let Some(pool) = self.pool {
             pool.shutdown().await;
         }
@@ -433,41 +429,17 @@ impl App {
         self.tenants.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts one authenticated request of `tenant` (`api.requests`).
+    /// Counts one authenticated request of `tenant` (`api.requests`;
+    /// buffered, written with the next flush).
     pub fn count_request(&self, tenant: &str) {
-        let mut m = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        match m.get_mut(tenant) {
-            Some(n) => *n += 1,
-            None => {
-                m.insert(tenant.to_owned(), 1);
-            }
-        }
-    }
-
-    /// Records the counted requests as usage events.
-    pub fn flush_requests(&self) {
-        let counts = std::mem::take(&mut *self.requests.lock().unwrap_or_else(|p| p.into_inner()));
-        if counts.is_empty() {
-            return;
-        }
-        let at_ns = now_ns();
-        let mut nonce = [0u8; 8];
-        let _ = getrandom::fill(&mut nonce);
-        let nonce = u64::from_le_bytes(nonce);
-        let events: Vec<_> = counts
-            .into_iter()
-            .map(|(tenant, n)| asheville_core::metering::UsageEvent {
-                idempotency_key: format!("api-{at_ns}-{nonce:016x}-{tenant}"),
-                tenant,
-                meter: asheville_core::metering::API_REQUESTS.into(),
-                value: n,
-                at_ns,
-                dims: Default::default(),
-            })
-            .collect();
-        // Best effort, like the library's own metering: a failed write
-        // loses at most one second of request counts.
-        let _ = self.meters.record(&events);
+        let _ = self.meters.record(&[asheville_core::metering::UsageEvent {
+            idempotency_key: String::new(),
+            tenant: tenant.to_owned(),
+            meter: asheville_core::metering::API_REQUESTS.into(),
+            value: 1,
+            at_ns: now_ns(),
+            dims: Default::default(),
+        }]);
     }
 
     /// Jobs per state, for `/metrics`.
