@@ -507,6 +507,16 @@ fn join_err(e: tokio::task::JoinError) -> Error {
     Error::new(ErrorKind::Other, "a background task failed").set_source(e)
 }
 
+/// A chunk's plaintext shared with the read cache, as the owner of a
+/// [`Bytes`].
+struct SharedChunk(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for SharedChunk {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// One tenant's view of a repository: its keys and its namespace.
 #[derive(Clone)]
 pub struct Tenant {
@@ -1072,6 +1082,13 @@ impl Tenant {
         }]);
     }
 
+    /// The tenant's id of `data`: the keyed BLAKE3 hash under the
+    /// tenant's id key (the id its chunk would have; ids of one content
+    /// differ between tenants).
+    pub fn chunk_id(&self, data: &[u8]) -> ChunkId {
+        self.keys.chunk_id(data)
+    }
+
     /// The tenant's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -1424,14 +1441,9 @@ impl Tenant {
                 let t = t.clone();
                 async move {
                     let data = t.read_chunk(&c).await?;
-                    Ok::<_, Error>(if a == 0 && b == data.len() {
-                        match Arc::try_unwrap(data) {
-                            Ok(v) => Bytes::from(v),
-                            Err(shared) => Bytes::copy_from_slice(&shared),
-                        }
-                    } else {
-                        Bytes::copy_from_slice(&data[a..b])
-                    })
+                    // No copy: the piece shares the chunk's buffer (also
+                    // held by the read cache).
+                    Ok::<_, Error>(Bytes::from_owner(SharedChunk(data)).slice(a..b))
                 }
             })
             .buffered(4);

@@ -35,6 +35,11 @@ pub fn error_response(e: &ApiError) -> Response<Body> {
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(s));
     }
+    if let Some(a) = &e.allow
+        && let Ok(v) = HeaderValue::from_str(a)
+    {
+        r.headers_mut().insert(header::ALLOW, v);
+    }
     if e.status == StatusCode::UNAUTHORIZED {
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -286,6 +291,8 @@ pub async fn dispatch(
                 &json!({"entries": to_json(&page.entries)?, "cursor": page.cursor}),
             )
         }
+        "put_chunk" => put_chunk(app, &ctx, req).await,
+        "get_chunk" => get_chunk(app, &ctx, &params).await,
         "add_source" => add_source(app, &ctx, req).await,
         "list_sources" => {
             let user = user_of(&ctx, &q)?;
@@ -675,6 +682,59 @@ async fn get_file(
         Err(e) => Err(std::io::Error::other(e)),
     });
     b.body(BodyExt::boxed_unsync(StreamBody::new(stream)))
+        .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// Content-addressed chunks are files under `/.chunks/<id>` in the
+/// tenant's namespace: deduplicated with everything else, kept until
+/// deleted, listed like any directory.
+fn chunk_path(id: &asheville_core::ChunkId) -> String {
+    format!(".chunks/{}", id.to_hex())
+}
+
+async fn put_chunk(app: &App, ctx: &Ctx, req: Request<Incoming>) -> ApiResult<Response<Body>> {
+    let data = read_body(app, req, app.cfg.limits.chunk_body).await?;
+    let t = app.tenant(&ctx.tenant).await?;
+    let id = t.chunk_id(&data);
+    let path = chunk_path(&id);
+    let existing = matches!(t.stat(&path), Ok(fv) if fv.size == data.len() as u64);
+    if !existing {
+        let meta = FileMeta {
+            mtime_ns: now_ns(),
+            mode: 0o600,
+        };
+        t.put(&path, &data[..], meta).await?;
+    }
+    let status = if existing {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    respond(
+        status,
+        &json!({"id": id.to_hex(), "size": data.len(), "existing": existing}),
+    )
+}
+
+async fn get_chunk(app: &App, ctx: &Ctx, params: &Params) -> ApiResult<Response<Body>> {
+    let id = asheville_core::ChunkId::from_hex(&param(params, "id")?)?;
+    let t = app.tenant(&ctx.tenant).await?;
+    let path = chunk_path(&id);
+    let fv = t.stat(&path)?;
+    let data = t.get_range(&path, 0..fv.size).await?;
+    if t.chunk_id(&data) != id {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "integrity",
+            "the stored chunk does not match its id",
+        ));
+    }
+    app.metrics
+        .bytes_out
+        .fetch_add(data.len() as u64, Ordering::Relaxed);
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .body(full(data))
         .map_err(|e| ApiError::internal(e.to_string()))
 }
 

@@ -18,6 +18,8 @@ pub struct ApiError {
     pub message: String,
     /// Seconds to wait before retrying (`429`, `503`).
     pub retry_after: Option<u64>,
+    /// The methods a `405` path allows (its `Allow` header).
+    pub allow: Option<String>,
 }
 
 impl fmt::Display for ApiError {
@@ -36,6 +38,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            allow: None,
         }
     }
 

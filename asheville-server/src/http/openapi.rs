@@ -12,10 +12,23 @@ fn q(name: &str, schema: Value, about: &str) -> Value {
 }
 
 fn p(name: &str, about: &str) -> Value {
-    json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}, "description": about})
+    let schema = match name {
+        "id" => json!({"type": "string", "pattern": "^[0-9]{1,19}$"}),
+        "period" => json!({"type": "string", "pattern": "^[0-9]{4}-(0[1-9]|1[0-2])$"}),
+        "name" => json!({"type": "string", "pattern": NAME}),
+        _ => json!({"type": "string", "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]+$"}),
+    };
+    json!({"name": name, "in": "path", "required": true, "schema": schema, "description": about})
 }
 
-fn json_body(schema: Value) -> Value {
+/// Tenant, user and source names.
+const NAME: &str = "^[A-Za-z0-9_@-][A-Za-z0-9._@-]{0,63}$";
+/// Meter names.
+const METER: &str = "^[a-z0-9_]+(\\.[a-z0-9_]+)+$";
+
+/// A JSON body; every one of them refuses unknown fields.
+fn json_body(mut schema: Value) -> Value {
+    schema["additionalProperties"] = json!(false);
     json!({"required": true, "content": {"application/json": {"schema": schema}}})
 }
 
@@ -104,11 +117,33 @@ fn details(name: &str) -> Details {
                 json!({"type": "object", "properties": {"entries": {"type": "array"}, "cursor": {"type": ["string", "null"]}}}),
             ),
         ),
+        "put_chunk" => (
+            vec![],
+            Some(
+                json!({"required": true, "content": {"application/octet-stream": {"schema": bytes.clone()}}}),
+            ),
+            vec![
+                (
+                    "201",
+                    "Stored; `id` is the tenant's keyed BLAKE3 of the bytes",
+                    obj(),
+                ),
+                ("200", "Already stored", obj()),
+            ],
+        ),
+        "get_chunk" => (
+            vec![
+                json!({"name": "id", "in": "path", "required": true, "description": "Chunk id",
+                        "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}),
+            ],
+            None,
+            vec![("200", "The chunk's bytes", bytes.clone())],
+        ),
         "add_source" => (
             vec![],
             Some(json_body(
                 json!({"type": "object", "required": ["name", "kind"], "properties": {
-                "name": {"type": "string"}, "user": {"type": "string"},
+                "name": {"type": "string", "pattern": NAME}, "user": {"type": "string", "pattern": NAME},
                 "kind": {"type": "object", "description": "{\"type\":\"bucket\",\"store\":{...}} or {\"type\":\"local_dir\",\"path\":...} (admin.sources)"},
                 "target": {"type": "string"}, "every_secs": int.clone()}}),
             )),
@@ -158,7 +193,11 @@ fn details(name: &str) -> Details {
         ),
         "usage" => (
             vec![
-                q("meter", json!({"type": "string"}), "Meter name"),
+                q(
+                    "meter",
+                    json!({"type": "string", "pattern": METER}),
+                    "Meter name",
+                ),
                 q("from", json!({"type": "string"}), "ns or YYYY-MM-DD"),
                 q("to", json!({"type": "string"}), "ns or YYYY-MM-DD"),
                 q(
@@ -206,8 +245,9 @@ fn details(name: &str) -> Details {
             vec![],
             Some(json_body(
                 json!({"type": "object", "required": ["user", "permissions"], "properties": {
-                "user": {"type": "string"}, "name": {"type": "string"},
-                "permissions": {"type": "array", "items": {"type": "string"}},
+                "user": {"type": "string", "pattern": NAME}, "name": {"type": "string"},
+                "permissions": {"type": "array", "minItems": 1, "items": {"type": "string",
+                    "pattern": "^(\\*|[a-z0-9_]+(\\.[a-z0-9_]+)*\\.([a-z0-9_]+|\\*))$"}},
                 "expires_in_secs": int.clone()}}),
             )),
             vec![("201", "Created; `token` is shown only here", obj())],
@@ -305,10 +345,18 @@ pub fn document() -> Value {
         let (params, body, ok) = details(r.name);
         let mut responses = serde_json::Map::new();
         for (code, about, schema) in ok {
-            let content = if code == "204" || code == "304" || code == "101" {
+            let ctype = match (r.name, code) {
+                ("status_page", _) => "text/html",
+                ("metrics", _) => "text/plain",
+                ("get_file" | "get_chunk" | "get_object", "200" | "206") => {
+                    "application/octet-stream"
+                }
+                _ => "application/json",
+            };
+            let content = if code == "204" || code == "304" || code == "101" || r.method == "HEAD" {
                 json!({})
             } else {
-                json!({"application/json": {"schema": schema}})
+                json!({ ctype: {"schema": schema} })
             };
             responses.insert(
                 code.into(),

@@ -140,10 +140,11 @@ fn matches(pattern: &'static str, path: &str) -> Option<Params> {
                 return None;
             }
             params.push((name, v.to_owned()));
-            rest = after;
             if pat.peek().is_none() {
-                return after.is_empty().then_some(params);
+                // The last segment: nothing (not even a `/`) may follow.
+                return (!rest.contains('/')).then_some(params);
             }
+            rest = after;
         } else {
             let (v, after) = rest.split_once('/').unwrap_or((rest, ""));
             if v != seg {
@@ -176,14 +177,16 @@ pub fn no_route(method: &Method, path: &str) -> ApiError {
     if allowed.is_empty() {
         ApiError::not_found(format!("no route for {method} {path}"))
     } else {
-        ApiError::new(
+        let mut e = ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             format!(
                 "{method} is not allowed here; allowed: {}",
                 allowed.join(", ")
             ),
-        )
+        );
+        e.allow = Some(allowed.join(", "));
+        e
     }
 }
 
@@ -208,9 +211,10 @@ mod tests {
         assert!(find(&get, "/v1/treex").is_none());
         assert!(find(&get, "/v1/tree/").is_none());
         assert_eq!(find(&get, "/").map(|x| x.0.name), Some("status_page"));
+        let e = no_route(&Method::PATCH, "/v1/tree");
         assert_eq!(
-            no_route(&Method::PATCH, "/v1/tree").code,
-            "method_not_allowed"
+            (e.code, e.allow.as_deref()),
+            ("method_not_allowed", Some("GET"))
         );
         assert_eq!(no_route(&get, "/nope").code, "not_found");
     }

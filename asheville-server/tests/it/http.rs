@@ -554,6 +554,43 @@ async fn tokens_permissions_and_tenants_are_enforced() {
         "a `*` admin may act in any tenant"
     );
 
+    // Chunks: content-addressed, per tenant.
+    let r = s
+        .req("POST", "/v1/chunks", Some(a), &[], vec![5u8; 70_000])
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(id.len(), 64);
+    let r = s
+        .req("POST", "/v1/chunks", Some(a), &[], vec![5u8; 70_000])
+        .await;
+    assert_eq!(
+        (r.status, r.json()["id"].as_str()),
+        (StatusCode::OK, Some(id.as_str()))
+    );
+    assert_eq!(r.json()["existing"], true);
+    let r = s.get(&format!("/v1/chunks/{id}"), a).await;
+    assert_eq!(r.body.as_ref(), vec![5u8; 70_000].as_slice());
+    let r = s.get(&format!("/v1/chunks/{id}"), &acme).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "another tenant's chunk");
+    let r = s
+        .req("POST", "/v1/chunks", Some(&acme), &[], vec![5u8; 70_000])
+        .await;
+    assert_ne!(
+        r.json()["id"].as_str(),
+        Some(id.as_str()),
+        "ids are keyed per tenant"
+    );
+    let r = s.get("/v1/chunks/zz", a).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::BAD_REQUEST, "invalid_input".into())
+    );
+    let r = s.get(&format!("/v1/chunks/{}", "0".repeat(64)), a).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = s.req("POST", "/v1/chunks", Some(&reader), &[], "x").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+
     // A tenant's admin manages its tokens but cannot make tenants, nor
     // see another tenant's tokens.
     let r = s.post("/v1/tenants", &acme, &json!({"name": "evil"})).await;
@@ -630,7 +667,11 @@ async fn tokens_permissions_and_tenants_are_enforced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_json_errors_and_change_nothing() {
-    let s = start(|c| c.limits.json_body = 1024).await;
+    let s = start(|c| {
+        c.limits.json_body = 1024;
+        c.limits.chunk_body = 4096;
+    })
+    .await;
     let a = &s.admin;
     for p in [
         "/v1/files/a/../b",
@@ -1042,4 +1083,48 @@ async fn shutdown_finishes_the_request_in_flight() {
         .unwrap()
         .unwrap();
     let _ = admin;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_no_server_error_from_the_openapi_document() {
+    // No sync workers: generated sources must never make the server read
+    // its own disk.
+    let s = start(|c| {
+        c.workers = 0;
+        c.limits.tenant_rate = 1e6;
+        c.limits.tenant_burst = 1e6;
+    })
+    .await;
+    let bin = ["schemathesis", "st"]
+        .into_iter()
+        .find(|b| {
+            std::process::Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect("schemathesis is needed: pip install schemathesis (.ci/run does)");
+    let work = tempfile::tempdir().unwrap();
+    let (addr, admin) = (s.addr, s.admin.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin)
+            .current_dir(work.path())
+            .args(["run", &format!("http://{addr}/v1/openapi.json")])
+            .args(["-H", &format!("Authorization: Bearer {admin}")])
+            .args(["-c", "not_a_server_error", "-n", "25"])
+            .args(["--generation-deterministic", "--request-timeout", "20"])
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schemathesis found server errors:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("passed"), "{text}");
+    s.stop().await;
 }
