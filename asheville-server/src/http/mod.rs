@@ -344,8 +344,8 @@ impl Server {
 
     /// Serves connections from `listener` until `shutdown` completes; then
     /// stops accepting, waits up to 30 s for in-flight requests, and stops
-    /// the sync workers (their jobs' leases are released for another
-    /// process).
+    /// the sync workers (their jobs run again, from their checkpoints, when
+    /// the queue is next opened).
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
@@ -403,8 +403,11 @@ impl Server {
         // last request counts.
         app.shutdown.cancel();
         let _ = app.buffered.flush();
+        // Running sync jobs stop at once; their leases are reclaimed (the
+        // jobs queued again) when the queue is next opened, and syncs are
+        // checkpointed and idempotent, so they resume where they were.
         if let Some(pool) = self.pool {
-            pool.shutdown().await;
+            pool.abort().await;
         }
     }
 }
