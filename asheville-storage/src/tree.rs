@@ -6,6 +6,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use futures::StreamExt;
 
+use crate::catalog::FileMeta;
 use crate::catalog::{Entry, FileVersion};
 use crate::error::{Error, ErrorKind, Result};
 use crate::path::RepoPath;
@@ -35,6 +36,11 @@ pub struct TreeReport {
     pub bytes: u64,
     /// Paths skipped, with the reason.
     pub skipped: Vec<(String, String)>,
+    /// Files left alone by [`put_tree`] because their latest version has
+    /// the same size, modification time and mode.
+    pub unchanged: u64,
+    /// Their bytes.
+    pub unchanged_bytes: u64,
     /// Wall time in seconds.
     pub seconds: f64,
 }
@@ -47,6 +53,10 @@ pub struct PutOptions {
     /// ...or this many bytes, whichever comes first. A crash loses at most
     /// the uncommitted batch; everything committed before stays.
     pub batch_bytes: u64,
+    /// Leave a file alone (no new version, not read) when its latest
+    /// version has the same size, modification time and mode, as restic
+    /// and borg do. `false` reads and stores every file again.
+    pub skip_unchanged: bool,
 }
 
 impl Default for PutOptions {
@@ -54,6 +64,7 @@ impl Default for PutOptions {
         PutOptions {
             batch_files: 10_000,
             batch_bytes: 1 << 30,
+            skip_unchanged: true,
         }
     }
 }
@@ -61,7 +72,7 @@ impl Default for PutOptions {
 fn walk(
     root: &Path,
     rel: &Path,
-    out: &mut Vec<(PathBuf, u64)>,
+    out: &mut Vec<(PathBuf, u64, FileMeta)>,
     skipped: &mut Vec<(String, String)>,
 ) -> Result<()> {
     let dir = root.join(rel);
@@ -78,8 +89,10 @@ fn walk(
         if ft.is_dir() {
             walk(root, &rel_child, out, skipped)?;
         } else if ft.is_file() {
-            let len = e.metadata().map(|m| m.len()).unwrap_or(0);
-            out.push((rel_child, len));
+            let m = e.metadata().map_err(|err| {
+                Error::io("cannot stat", err).with_context("path", e.path().display())
+            })?;
+            out.push((rel_child, m.len(), crate::repository::local_meta(&m)));
         } else {
             skipped.push((
                 rel_child.display().to_string(),
@@ -129,26 +142,51 @@ pub async fn put_tree(
         }
         let parent = local.parent().unwrap_or(Path::new(".")).to_path_buf();
         let name = PathBuf::from(local.file_name().unwrap_or_default());
-        (parent, vec![(name, meta.len())])
+        (
+            parent,
+            vec![(name, meta.len(), crate::repository::local_meta(&meta))],
+        )
     };
     for (p, why) in &report.skipped {
         progress.skipped(p, why);
     }
-    progress.start(files.len() as u64, files.iter().map(|f| f.1).sum());
     let single = !meta.is_dir();
+    let remote_of = |rel: &Path| -> Result<String> {
+        if single {
+            Ok(remote_root.as_str().to_owned())
+        } else {
+            remote_for(&remote_root, rel)
+        }
+    };
+    // Unchanged files (same size, mtime and mode as their latest version)
+    // are neither read nor stored again: one catalog lookup each.
+    let mut files = files;
+    if opts.skip_unchanged {
+        let mut kept = Vec::with_capacity(files.len());
+        for f in files {
+            match t.stat(&remote_of(&f.0)?) {
+                Ok(fv) if fv.size == f.1 && fv.meta == f.2 => {
+                    report.unchanged += 1;
+                    report.unchanged_bytes += f.1;
+                }
+                _ => kept.push(f),
+            }
+        }
+        files = kept;
+    }
+    progress.start(files.len() as u64, files.iter().map(|f| f.1).sum());
     let mut batch = t.batch();
     let mut done: Vec<(String, u64)> = Vec::new();
     // Open (and read, when small) up to 16 files ahead of the one being
     // chunked, so that many small files do not wait on one thread hop each.
-    let mut opened =
-        futures::stream::iter(files.iter().map(|(rel, _)| LocalFile::open(root.join(rel))))
-            .buffered(16);
-    for (rel, _) in &files {
-        let remote_path = if single {
-            remote_root.as_str().to_owned()
-        } else {
-            remote_for(&remote_root, rel)?
-        };
+    let mut opened = futures::stream::iter(
+        files
+            .iter()
+            .map(|(rel, _, _)| LocalFile::open(root.join(rel))),
+    )
+    .buffered(16);
+    for (rel, _, _) in &files {
+        let remote_path = remote_of(rel)?;
         let file = opened
             .next()
             .await

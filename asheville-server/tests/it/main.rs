@@ -181,10 +181,26 @@ fn directory_round_trip_keeps_bytes_mtime_and_permissions() {
         (st["size"].as_u64(), st["mode"].as_str()),
         (Some(70_000), Some("755"))
     );
+    // Unchanged (same size, mtime, mode): left alone, no new version.
+    let again = json(asheville(
+        &data,
+        "pw",
+        &["--json", "put", src.to_str().unwrap(), "/backup"],
+    ));
+    assert_eq!(
+        (again["files"].as_u64(), again["unchanged"].as_u64()),
+        (Some(0), Some(6))
+    );
+    // --rehash stores it again anyway.
     ok(asheville(
         &data,
         "pw",
-        &["put", src.join("a.txt").to_str().unwrap(), "/backup/a.txt"],
+        &[
+            "put",
+            "--rehash",
+            src.join("a.txt").to_str().unwrap(),
+            "/backup/a.txt",
+        ],
     ));
     let vs = json(asheville(
         &data,

@@ -526,3 +526,55 @@ async fn repeated_chunks_inside_one_file() {
     );
     assert_eq!(get(&t, "periodic").await, data);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_tree_leaves_unchanged_files_alone_and_stores_changed_ones() {
+    use asheville_storage::tree::{NoProgress, PutOptions, put_tree};
+    let dir = tempfile::tempdir().unwrap();
+    let (_repo, t) = temp_repo(dir.path(), 3, "rs(2,1)", |_| {}).await;
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..10 {
+        std::fs::write(src.join(format!("f{i}")), random(1000 + i, i as u64)).unwrap();
+    }
+    let r = put_tree(&t, &src, "/b", PutOptions::default(), &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!((r.files, r.unchanged), (10, 0));
+    let r = put_tree(&t, &src, "/b", PutOptions::default(), &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.files, r.unchanged, r.unchanged_bytes),
+        (0, 10, (1000..1010).sum::<u64>())
+    );
+    // New content, a new mtime alone, a new mode alone: each is stored.
+    std::fs::write(src.join("f1"), b"changed").unwrap();
+    let f2 = std::fs::File::options()
+        .write(true)
+        .open(src.join("f2"))
+        .unwrap();
+    f2.set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000))
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(src.join("f3"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let r = put_tree(&t, &src, "/b", PutOptions::default(), &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!((r.files, r.unchanged), (3, 7));
+    assert_eq!(get(&t, "/b/f1").await, b"changed");
+    assert_eq!(t.versions("/b/f2").unwrap().len(), 2);
+    assert_eq!(t.stat("/b/f3").unwrap().meta.mode, 0o600);
+    assert_eq!(
+        t.versions("/b/f4").unwrap().len(),
+        1,
+        "unchanged: no new version"
+    );
+    // Asking to store everything does.
+    let opts = PutOptions {
+        skip_unchanged: false,
+        ..PutOptions::default()
+    };
+    let r = put_tree(&t, &src, "/b", opts, &NoProgress).await.unwrap();
+    assert_eq!((r.files, r.unchanged), (10, 0));
+}

@@ -72,6 +72,10 @@ enum Cmd {
         /// Commit after this many files (a crash loses at most one batch).
         #[arg(long, default_value_t = 10_000)]
         batch_files: usize,
+        /// Read and store every file, also those whose size, mtime and mode
+        /// match their latest version (which are left alone by default).
+        #[arg(long)]
+        rehash: bool,
     },
     /// Restore a file or a directory tree.
     Get {
@@ -447,6 +451,7 @@ async fn run(cli: &Cli) -> Result<ExitCode, Error> {
             local,
             remote,
             batch_files,
+            rehash,
         } => {
             let t = open(cli, true).await?;
             let remote = match remote {
@@ -460,20 +465,22 @@ async fn run(cli: &Cli) -> Result<ExitCode, Error> {
             let bar = Bar::new(cli.json);
             let opts = PutOptions {
                 batch_files: (*batch_files).max(1),
+                skip_unchanged: !*rehash,
                 ..PutOptions::default()
             };
             let r = tree::put_tree(&t, local, &remote, opts, &bar).await?;
             bar.0.finish_and_clear();
             if cli.json {
                 print_json(
-                    &serde_json::json!({"files": r.files, "bytes": r.bytes, "seconds": r.seconds, "skipped": r.skipped, "remote": remote}),
+                    &serde_json::json!({"files": r.files, "bytes": r.bytes, "unchanged": r.unchanged, "unchanged_bytes": r.unchanged_bytes, "seconds": r.seconds, "skipped": r.skipped, "remote": remote}),
                 );
             } else {
                 println!(
-                    "stored {} files, {} bytes under /{} in {:.2} s ({:.0} MB/s, {:.0} files/s)",
+                    "stored {} files, {} bytes under /{} ({} unchanged files left alone) in {:.2} s ({:.0} MB/s, {:.0} files/s)",
                     r.files,
                     r.bytes,
                     remote.trim_start_matches('/'),
+                    r.unchanged,
                     r.seconds,
                     mb_s(r.bytes, r.seconds),
                     r.files as f64 / r.seconds.max(1e-9)
