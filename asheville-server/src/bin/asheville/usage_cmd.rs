@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use asheville_core::metering::{Granularity, PricePlan, Quota};
 use asheville_storage::Error;
-use asheville_storage::metering::{MeterStore, RedbMeterStore, UsageQuery};
+use asheville_storage::metering::{BufferedMeterStore, MeterStore, RedbMeterStore, UsageQuery};
 
 use super::{Cli, print_json, read_json};
 
@@ -15,9 +15,16 @@ use super::{Cli, print_json, read_json};
 pub fn meters(cli: &Cli) -> Result<Arc<dyn MeterStore>, Error> {
     std::fs::create_dir_all(&cli.data_dir)
         .map_err(|e| Error::io("cannot create the data directory", e))?;
-    Ok(Arc::new(RedbMeterStore::open(
-        &cli.data_dir.join("meters.redb"),
-    )?))
+    // Per-file counters (served, ingested) add up in memory and are
+    // written once a second and at exit, not once per file.
+    let store = Arc::new(BufferedMeterStore::new(
+        Arc::new(RedbMeterStore::open(&cli.data_dir.join("meters.redb"))?),
+        std::time::Duration::from_secs(1),
+    ));
+    if tokio::runtime::Handle::try_current().is_ok() {
+        store.spawn_flusher(std::time::Duration::from_secs(1));
+    }
+    Ok(store)
 }
 
 fn now() -> i64 {
