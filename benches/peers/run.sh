@@ -102,7 +102,7 @@ for round in $(seq 1 "$ROUNDS"); do
       rustic)
         measure $tool $round init 0 -- rustic -r "$R" init
         echo "rustic -r '$R' backup data" > b.sh
-        echo "rustic -r '$R' restore latest '$OUT/data'" > r.sh ;;
+        echo "rustic -r '$R' restore latest '$OUT'" > r.sh ;;
       asheville|asheville-rs42|asheville-none)
         case $tool in
           asheville) init_args="" ;;
