@@ -210,6 +210,12 @@ fn authenticate(
     } else {
         who.tenant.clone()
     };
+    // A tenant named by the request (Host or header) must exist: its name
+    // also names directories (the node's objects), so it is never taken
+    // unchecked.
+    if tenant != who.tenant && !app.auth.tenants()?.contains(&tenant) {
+        return Err(ApiError::not_found("no such tenant"));
+    }
     let ctx = Ctx {
         tenant,
         user: who.user,

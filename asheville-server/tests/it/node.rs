@@ -24,6 +24,25 @@ async fn the_remote_backend_passes_the_backend_conformance_suite() {
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidInput, "{bad}: {e}");
     }
+    // A `*` admin naming a tenant that does not exist (or a path) is refused.
+    let admin_node = RemoteBackend::new("n", &url, &s.admin).unwrap();
+    admin_node
+        .put("k", vec![bytes::Bytes::from_static(b"x")])
+        .await
+        .unwrap();
+    for bad in ["../../etc", "nobody"] {
+        let r = s
+            .req(
+                "PUT",
+                "/v1/objects/k",
+                Some(&s.admin),
+                &[("x-asheville-tenant", bad)],
+                "x",
+            )
+            .await;
+        assert_eq!(r.status.as_u16(), 404, "{bad}");
+    }
+    assert!(!s.dir.path().join("etc").exists());
     // Tokens: none of the right permission, a bad one, another tenant's.
     let reader = s.token("default", "r", &["storage.read"]).await;
     let e = RemoteBackend::new("n", &url, &reader)
