@@ -175,6 +175,22 @@ impl Srv {
         assert!(checked > 0);
     }
 
+    /// The sum of a meter's rows for the token's tenant (values are
+    /// decimal strings: u128 in JSON).
+    pub async fn usage_total(&self, meter: &str, token: &str) -> u128 {
+        let r = self.get(&format!("/v1/usage?meter={meter}"), token).await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
+        r.json()["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| match &row["value"] {
+                Value::String(v) => v.parse::<u128>().unwrap(),
+                v => u128::from(v.as_u64().unwrap()),
+            })
+            .sum()
+    }
+
     pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
@@ -425,30 +441,10 @@ async fn files_stream_up_and_down_with_ranges_etags_and_versions() {
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 
     // Served bytes were metered for the tenant.
-    let r = s.get("/v1/usage?meter=storage.bytes_served", a).await;
-    let served: u64 = r.json()["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            r["value"]
-                .as_str()
-                .map_or_else(|| r["value"].as_u64().unwrap(), |v| v.parse().unwrap())
-        })
-        .sum();
+    let served = s.usage_total("storage.bytes_served", a).await;
     assert!(served >= 2 * (3 << 20), "served {served}");
     // Every authenticated request is metered as `api.requests`.
-    let r = s.get("/v1/usage?meter=api.requests", a).await;
-    let requests: u64 = r.json()["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            r["value"]
-                .as_str()
-                .map_or_else(|| r["value"].as_u64().unwrap(), |v| v.parse().unwrap())
-        })
-        .sum();
+    let requests = s.usage_total("api.requests", a).await;
     assert!(requests >= 25, "api.requests {requests}");
     s.assert_documented().await;
     s.stop().await;
