@@ -529,6 +529,25 @@ pub unsafe extern "C" fn ash_delete(repo: *const AshRepo, path: *const c_char) -
     })
 }
 
+/// Starts reading the latest version of `path` on the repository's runtime
+/// into a 1 MiB pipe; the task's result reports the read's errors. Shared
+/// by the C reader and the Python module's.
+pub fn spawn_reader(
+    r: &AshRepo,
+    path: &str,
+) -> Result<(DuplexStream, JoinHandle<Result<(), Error>>), Error> {
+    r.tenant.stat(path)?; // fail fast on a missing file
+    let (mut tx, rx) = tokio::io::duplex(1 << 20);
+    let t = r.tenant.clone();
+    let p = path.to_owned();
+    let task = r.rt.spawn(async move {
+        t.get(&p, &mut tx).await?;
+        tx.shutdown().await.map_err(|e| Error::io("pipe", e))?;
+        Ok(())
+    });
+    Ok((rx, task))
+}
+
 /// A streaming read of one file.
 pub struct AshReader {
     rt: tokio::runtime::Handle,
@@ -553,21 +572,7 @@ pub unsafe extern "C" fn ash_reader_open(
         }
         // SAFETY: forwarded caller promises.
         let (r, p) = unsafe { (repo_ref(repo)?, arg(path, "path")?) };
-        r.tenant.stat(p)?; // fail fast on a missing file
-        let (mut tx, rx) = tokio::io::duplex(1 << 20);
-        let t = r.tenant.clone();
-        let p = p.to_owned();
-        // `Tenant::get`'s future is not provably `Send` (a higher-ranked
-        // lifetime inside its buffered stream), so it runs on a blocking
-        // thread of the runtime instead of a worker.
-        let h = r.rt.handle().clone();
-        let task = r.rt.spawn_blocking(move || {
-            h.block_on(async move {
-                t.get(&p, &mut tx).await?;
-                tx.shutdown().await.map_err(|e| Error::io("pipe", e))?;
-                Ok(())
-            })
-        });
+        let (rx, task) = spawn_reader(r, p)?;
         let reader = AshReader {
             rt: r.rt.handle().clone(),
             pipe: rx,

@@ -253,19 +253,7 @@ impl Repository {
     /// A streaming reader of the latest version of `path`.
     fn open_reader(&self, path: &str) -> PyResult<Reader> {
         let r = self.repo()?;
-        r.tenant.stat(path).map_err(to_py)?;
-        let (mut tx, rx) = tokio::io::duplex(1 << 20);
-        let t = r.tenant.clone();
-        let p = path.to_owned();
-        let h = r.rt.handle().clone();
-        // See asheville-c: `Tenant::get`'s future is not provably `Send`.
-        let task = r.rt.spawn_blocking(move || {
-            h.block_on(async move {
-                t.get(&p, &mut tx).await?;
-                tx.shutdown().await.map_err(|e| Error::io("pipe", e))?;
-                Ok(())
-            })
-        });
+        let (rx, task) = asheville_c::spawn_reader(&r, path).map_err(to_py)?;
         Ok(Reader {
             repo: r,
             pipe: Some(rx),
