@@ -136,6 +136,38 @@ impl SyncRunner {
         self
     }
 
+    /// Commits `batch`; then its items advance the cursor, which is stored
+    /// (so a rerun starts after them), and the progress is reported and
+    /// metered.
+    #[allow(clippy::too_many_arguments)]
+    async fn checkpoint(
+        &self,
+        spec: &SourceSpec,
+        ctx: &JobContext,
+        batch: asheville_storage::Batch<'_>,
+        in_batch: &mut Vec<Change>,
+        cursor: &mut Cursor,
+        progress: &mut Progress,
+        metered: &mut (u64, u64),
+    ) -> Result<()> {
+        batch.commit().await?;
+        progress.items_stored += in_batch.len() as u64;
+        for c in in_batch.drain(..) {
+            cursor.apply(&c);
+        }
+        self.state
+            .set_cursor(&spec.tenant, &spec.user, &spec.name, cursor)
+            .await?;
+        ctx.set_progress(*progress);
+        self.meter_progress(
+            spec,
+            progress.items_stored - metered.0,
+            progress.bytes - metered.1,
+        );
+        *metered = (progress.items_stored, progress.bytes);
+        Ok(())
+    }
+
     /// Best effort: the data is already committed.
     fn meter_progress(&self, spec: &SourceSpec, items: u64, bytes: u64) {
         let Some(m) = &self.meter else { return };
@@ -348,37 +380,28 @@ impl SyncRunner {
             }
             if batch.len() >= self.opts.batch_files || batch.bytes() >= self.opts.batch_bytes {
                 let full_batch = std::mem::replace(&mut batch, tenant.batch());
-                full_batch.commit().await?;
-                progress.items_stored += in_batch.len() as u64;
-                for c in in_batch.drain(..) {
-                    cursor.apply(&c);
-                }
-                self.state
-                    .set_cursor(&spec.tenant, &spec.user, &spec.name, &cursor)
-                    .await?;
-                ctx.set_progress(progress);
-                self.meter_progress(
+                self.checkpoint(
                     spec,
-                    progress.items_stored - metered.0,
-                    progress.bytes - metered.1,
-                );
-                metered = (progress.items_stored, progress.bytes);
+                    ctx,
+                    full_batch,
+                    &mut in_batch,
+                    &mut cursor,
+                    &mut progress,
+                    &mut metered,
+                )
+                .await?;
             }
         }
-        batch.commit().await?;
-        progress.items_stored += in_batch.len() as u64;
-        for c in in_batch.drain(..) {
-            cursor.apply(&c);
-        }
-        self.state
-            .set_cursor(&spec.tenant, &spec.user, &spec.name, &cursor)
-            .await?;
-        ctx.set_progress(progress);
-        self.meter_progress(
+        self.checkpoint(
             spec,
-            progress.items_stored - metered.0,
-            progress.bytes - metered.1,
-        );
+            ctx,
+            batch,
+            &mut in_batch,
+            &mut cursor,
+            &mut progress,
+            &mut metered,
+        )
+        .await?;
         Ok(RunReport {
             progress,
             item_errors,
