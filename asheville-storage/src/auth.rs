@@ -137,6 +137,12 @@ impl AuthStore {
         Ok(())
     }
 
+    /// Whether the tenant exists (one lookup).
+    pub fn has_tenant(&self, name: &str) -> Result<bool> {
+        let r = self.db.begin_read()?;
+        Ok(r.open_table(TENANTS)?.get(name)?.is_some())
+    }
+
     /// Tenant names in order.
     pub fn tenants(&self) -> Result<Vec<String>> {
         let r = self.db.begin_read()?;

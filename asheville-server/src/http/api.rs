@@ -213,7 +213,7 @@ fn authenticate(
     // A tenant named by the request (Host or header) must exist: its name
     // also names directories (the node's objects), so it is never taken
     // unchecked.
-    if tenant != who.tenant && !app.auth.tenants()?.contains(&tenant) {
+    if tenant != who.tenant && !app.auth.has_tenant(&tenant)? {
         return Err(ApiError::not_found("no such tenant"));
     }
     let ctx = Ctx {
@@ -343,7 +343,7 @@ pub async fn dispatch(
                 name: String,
             }
             let b: B = json_body(app, req).await?;
-            if app.auth.tenants()?.contains(&b.name) {
+            if app.auth.has_tenant(&b.name)? {
                 return Err(ApiError::new(
                     StatusCode::CONFLICT,
                     "already_exists",
