@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use asheville_core::{ChunkerConfig, Codec, Result, Sealer, TenantKeys, chunk_slice};
+use asheville_core::{ChunkerConfig, Codec, Cutter, Result, Sealer, TenantKeys};
 
 /// `len` bytes of incompressible pseudo-random data from `seed` (BLAKE3 XOF).
 pub fn random_data(len: usize, seed: u64) -> Vec<u8> {
@@ -77,8 +77,14 @@ pub fn pipeline(
         }
         Ok(())
     };
-    for r in chunk_slice(chunker, data)? {
-        let chunk = &data[r];
+    // Cut, id and seal each chunk in turn, as the storage write path does:
+    // the chunk is still in cache when it is hashed and sealed.
+    let cutter = Cutter::new(chunker)?;
+    let mut pos = 0;
+    while pos < data.len() {
+        let n = cutter.cut(&data[pos..]);
+        let chunk = &data[pos..pos + n];
+        pos += n;
         let id = keys.chunk_id(chunk);
         sealer.seal_into(&id, chunk, &mut pack)?;
         stats.chunks += 1;

@@ -59,7 +59,7 @@ pub mod placement;
 pub mod redundancy;
 pub mod seal;
 
-pub use chunker::{ChunkerConfig, StreamChunker, chunk_slice};
+pub use chunker::{ChunkerConfig, Cutter, StreamChunker, chunk_slice};
 pub use error::{Error, ErrorKind, Result};
 pub use id::{ChunkId, PackId};
 pub use keys::{IdKey, KdfParams, KeyFile, MasterKey, SealKey, TenantKeys};

@@ -6,7 +6,7 @@
 //! to `max_size` after it; so once the buffer holds `max_size` bytes past a
 //! chunk's start (or the stream has ended), that chunk is final.
 
-use asheville_core::{ChunkerConfig, chunk_slice};
+use asheville_core::{ChunkerConfig, Cutter};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::error::{Error, Result};
@@ -18,6 +18,7 @@ const READ_STEP: usize = 64 << 10;
 pub struct AsyncChunker<R> {
     reader: R,
     config: ChunkerConfig,
+    cutter: Cutter,
     buf: Vec<u8>,
     eof: bool,
     ready: std::collections::VecDeque<Vec<u8>>,
@@ -26,10 +27,11 @@ pub struct AsyncChunker<R> {
 impl<R: AsyncRead + Unpin> AsyncChunker<R> {
     /// Wraps `reader`.
     pub fn new(config: ChunkerConfig, reader: R) -> Result<Self> {
-        config.validate()?;
+        let cutter = Cutter::new(&config)?;
         Ok(AsyncChunker {
             reader,
             config,
+            cutter,
             buf: Vec::new(),
             eof: false,
             ready: Default::default(),
@@ -65,16 +67,94 @@ impl<R: AsyncRead + Unpin> AsyncChunker<R> {
                     self.eof = true;
                 }
             }
-            let ranges = chunk_slice(&self.config, &self.buf)?;
+            // Cut each chunk once, and only where the cut is final: with
+            // `max` bytes after its start (or at the end of the stream).
             let mut consumed = 0;
-            for r in ranges {
-                if !self.eof && self.buf.len() - r.start < max {
-                    break;
-                }
-                self.ready.push_back(self.buf[r.clone()].to_vec());
-                consumed = r.end;
+            while consumed < self.buf.len() && (self.eof || self.buf.len() - consumed >= max) {
+                let n = self.cutter.cut(&self.buf[consumed..]);
+                self.ready
+                    .push_back(self.buf[consumed..consumed + n].to_vec());
+                consumed += n;
             }
             self.buf.drain(..consumed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// Serves `data` at most `step` bytes a read.
+    struct Trickle {
+        data: Vec<u8>,
+        pos: usize,
+        step: usize,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let n = self
+                .step
+                .min(buf.remaining())
+                .min(self.data.len() - self.pos);
+            let pos = self.pos;
+            buf.put_slice(&self.data[pos..pos + n]);
+            self.pos += n;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn async_chunks_are_the_slice_chunks() {
+        let cfg = ChunkerConfig::new(4096, 16384, 65536).unwrap();
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let data: Vec<u8> = (0..700_000)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                // A stretch of zeros forces chunks cut at max_size.
+                if (200_000..400_000).contains(&i) {
+                    0
+                } else {
+                    x as u8
+                }
+            })
+            .collect();
+        for (len, step) in [
+            (0, 7),
+            (100, 1),
+            (70_000, 999),
+            (300_000, 65_536),
+            (700_000, 1 << 20),
+        ] {
+            let want: Vec<&[u8]> = asheville_core::chunk_slice(&cfg, &data[..len])
+                .unwrap()
+                .into_iter()
+                .map(|r| &data[r])
+                .collect();
+            let reader = Trickle {
+                data: data[..len].to_vec(),
+                pos: 0,
+                step,
+            };
+            let mut chunker = AsyncChunker::new(cfg, reader).unwrap();
+            let mut got = Vec::new();
+            while let Some(c) = chunker.next_chunk().await.unwrap() {
+                got.push(c);
+            }
+            assert_eq!(got.len(), want.len(), "len {len} step {step}");
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(&g[..], *w, "len {len} step {step}");
+            }
         }
     }
 }
