@@ -8,6 +8,12 @@
 //! `ASHEVILLE_BENCH_SCALE=1` (the default). Runs `rs(4,2)` over 6 local
 //! backends in a temp dir, and `none` over 1 for comparison. Peak RSS is
 //! VmHWM of this process, reset before each phase.
+//!
+//! Knobs: `ASHEVILLE_BENCH_POLICIES="rs(4,2) none"` (space-separated; `rs(k,m)`
+//! gets k+m backends, `replicas(n)` n, `none` one) and `ASHEVILLE_BENCH_ZSTD`
+//! (`0` turns compression off, `N` uses level N; the default is the
+//! repository default, zstd level 1). The temp dir is `TMPDIR`'s: set
+//! `TMPDIR=/dev/shm` to take the disk out of the figures.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -167,9 +173,19 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         "| redundancy | backends | put MB/s | put files/s | put peak RSS MiB | get MB/s | get files/s | get peak RSS MiB | stored MiB |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (policy, n) in [("rs(4,2)", 6usize), ("none", 1)] {
+    let policies =
+        std::env::var("ASHEVILLE_BENCH_POLICIES").unwrap_or_else(|_| "rs(4,2) none".into());
+    for policy in policies.split_whitespace() {
+        let redundancy: asheville_core::Redundancy = policy.parse()?;
+        let n = redundancy.total_shards();
         let work = tempfile_dir()?;
-        let mut config = RepoConfig::local(work.join("repo"), n, policy.parse()?);
+        let mut config = RepoConfig::local(work.join("repo"), n, redundancy);
+        if let Ok(level) = std::env::var("ASHEVILLE_BENCH_ZSTD") {
+            config.compression = match level.parse::<i8>()? {
+                0 => asheville_core::Compression::None,
+                level => asheville_core::Compression::Zstd { level },
+            };
+        }
         config.kdf = KdfParams::INSECURE_FAST_FOR_TESTS;
         config.cache_bytes = 0;
         let repo = Repository::create(&work.join("repo/catalog.redb"), config).await?;

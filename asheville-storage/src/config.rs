@@ -38,8 +38,10 @@ pub struct RepoConfig {
     /// Chunk sizes.
     #[serde(default)]
     pub chunker: ChunkerConfig,
-    /// Compression tried on every chunk.
-    #[serde(default)]
+    /// Compression tried on every chunk (default zstd level 1: chunks that
+    /// do not shrink are stored as they are, and large ones are sampled
+    /// first, so incompressible data costs about 1% extra).
+    #[serde(default = "compression")]
     pub compression: Compression,
     /// Target pack size in bytes (default 16 MiB).
     #[serde(default = "pack_size")]
@@ -56,6 +58,9 @@ pub struct RepoConfig {
     pub kdf: KdfParams,
 }
 
+fn compression() -> Compression {
+    Compression::Zstd { level: 1 }
+}
 fn pack_size() -> usize {
     16 << 20
 }
@@ -85,7 +90,7 @@ impl RepoConfig {
                 .collect(),
             redundancy,
             chunker: ChunkerConfig::default(),
-            compression: Compression::None,
+            compression: compression(),
             pack_size: pack_size(),
             packs_in_flight: in_flight(),
             cache_bytes: cache_bytes(),
