@@ -86,7 +86,11 @@ fn with_compressor<T>(
             let mut c = c.borrow_mut();
             let z = match &mut *c {
                 Some((l, z)) if *l == level => z,
-                slot => &mut slot.insert((level, zstd::bulk::Compressor::new(i32::from(level))?)).1,
+                slot => {
+                    &mut slot
+                        .insert((level, zstd::bulk::Compressor::new(i32::from(level))?))
+                        .1
+                }
             };
             f(z)
         })

@@ -264,15 +264,61 @@ pub async fn get_tree(
     } else {
         root.as_str().len() + 1
     };
-    let mut results = futures::stream::iter(files.into_iter().map(|(path, _)| {
+    // The versions, split into small files (restored in batches, in the
+    // order their data lies in the packs) and large ones (streamed).
+    let mut small = Vec::new();
+    let mut large = Vec::new();
+    for (path, _) in files {
         let dest = local.join(&path[prefix_len..]);
-        async move {
-            let fv = t.stat(&path)?;
-            restore_file(t, &fv, &dest).await?;
-            Ok::<_, Error>(fv)
+        let fv = t.stat(&path)?;
+        if fv.size <= BATCH_FILE_LIMIT {
+            let at = fv.chunks.first().and_then(|c| t.blob_position(&c.id));
+            small.push((at, fv, dest));
+        } else {
+            large.push((fv, dest));
         }
+    }
+    // Every directory once, up front.
+    let dirs: std::collections::BTreeSet<PathBuf> = small
+        .iter()
+        .map(|(_, _, d)| d)
+        .chain(large.iter().map(|(_, d)| d))
+        .filter_map(|d| d.parent().map(Path::to_path_buf))
+        .collect();
+    blocking(move || dirs.iter().try_for_each(std::fs::create_dir_all))
+        .await
+        .map_err(|e| Error::io("cannot create directory", e))?;
+    small.sort_by_key(|s| s.0);
+    let mut batches: Vec<Vec<(FileVersion, PathBuf)>> = Vec::new();
+    let mut batch_bytes = 0;
+    for (_, fv, dest) in small {
+        match batches.last_mut() {
+            Some(b) if b.len() < BATCH_FILES && batch_bytes + fv.size <= BATCH_BYTES => {
+                batch_bytes += fv.size;
+                b.push((fv, dest));
+            }
+            _ => {
+                batch_bytes = fv.size;
+                batches.push(vec![(fv, dest)]);
+            }
+        }
+    }
+    // Two batches at once: one is read while the other is written.
+    let mut done =
+        futures::stream::iter(batches.into_iter().map(|b| restore_batch(t, b))).buffer_unordered(2);
+    while let Some(r) = done.next().await {
+        for fv in r? {
+            report.files += 1;
+            report.bytes += fv.size;
+            progress.file_done(&fv.path, fv.size);
+        }
+    }
+    drop(done);
+    let mut results = futures::stream::iter(large.into_iter().map(|(fv, dest)| async move {
+        restore_file(t, &fv, &dest).await?;
+        Ok::<_, Error>(fv)
     }))
-    .buffer_unordered(16);
+    .buffer_unordered(4);
     while let Some(r) = results.next().await {
         let fv = r?;
         report.files += 1;
@@ -283,21 +329,87 @@ pub async fn get_tree(
     Ok(report)
 }
 
-async fn restore_file(t: &Tenant, fv: &FileVersion, dest: &Path) -> Result<()> {
-    let tmp = dest.with_file_name(format!(
+/// Files up to this size are restored in batches.
+const BATCH_FILE_LIMIT: u64 = 1 << 20;
+/// At most this many files in a restore batch...
+const BATCH_FILES: usize = 512;
+/// ...and at most this many bytes.
+const BATCH_BYTES: u64 = 8 << 20;
+
+/// Restores small files together: their chunks in one
+/// [`Tenant::read_chunks`] call (few ranged reads), then every file written
+/// in one blocking task: to a temp name, with mtime and mode set through
+/// the open handle, then renamed. Nothing appears under a real name unless
+/// all of its bytes authenticated.
+async fn restore_batch(t: &Tenant, batch: Vec<(FileVersion, PathBuf)>) -> Result<Vec<FileVersion>> {
+    let refs: Vec<_> = batch
+        .iter()
+        .flat_map(|(fv, _)| fv.chunks.iter().copied())
+        .collect();
+    let mut chunks = t.read_chunks(&refs).await?.into_iter();
+    let mut files = Vec::with_capacity(batch.len());
+    for (fv, dest) in batch {
+        let data: Vec<_> = chunks.by_ref().take(fv.chunks.len()).collect();
+        files.push((fv, dest, data));
+    }
+    blocking(move || {
+        let mut written = Vec::with_capacity(files.len());
+        for (fv, dest, data) in files {
+            let tmp = partial_name(&dest);
+            let r = (|| {
+                use std::io::Write;
+                let mut f = std::fs::File::create(&tmp)?;
+                for c in &data {
+                    f.write_all(c)?;
+                }
+                f.set_modified(mtime_of(&fv))?;
+                #[cfg(unix)]
+                if fv.meta.mode != 0 {
+                    use std::os::unix::fs::PermissionsExt;
+                    f.set_permissions(std::fs::Permissions::from_mode(fv.meta.mode))?;
+                }
+                drop(f);
+                std::fs::rename(&tmp, &dest)
+            })();
+            if let Err(e) = r {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("{}: {e}", dest.display()),
+                ));
+            }
+            written.push(fv);
+        }
+        Ok(written)
+    })
+    .await
+    .map_err(|e| Error::io("cannot write restored file", e))
+}
+
+/// The temp name a file is restored under before it is renamed.
+fn partial_name(dest: &Path) -> PathBuf {
+    dest.with_file_name(format!(
         ".{}.asheville-partial",
         dest.file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
-    ));
-    let mtime = UNIX_EPOCH + Duration::from_nanos(fv.meta.mtime_ns.max(0) as u64);
+    ))
+}
+
+fn mtime_of(fv: &FileVersion) -> std::time::SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(fv.meta.mtime_ns.max(0) as u64)
+}
+
+async fn restore_file(t: &Tenant, fv: &FileVersion, dest: &Path) -> Result<()> {
+    let tmp = partial_name(dest);
+    let mtime = mtime_of(fv);
     let mode = fv.meta.mode;
     let tmp_c = tmp.clone();
     // Small files: read into memory, then create, write, set metadata and
     // rename in one blocking call. Large files stream through a BufWriter.
     let file = if fv.size <= WHOLE_FILE_LIMIT {
         let mut data = Vec::with_capacity(fv.size as usize);
-        t.get_version(&fv.path, fv.version, &mut data).await?;
+        t.restore_version(fv, &mut data).await?;
         let parent = dest.parent().map(Path::to_path_buf);
         blocking(move || {
             if let Some(parent) = parent {
@@ -317,7 +429,7 @@ async fn restore_file(t: &Tenant, fv: &FileVersion, dest: &Path) -> Result<()> {
             .await
             .map_err(|e| Error::io("cannot create file", e).with_context("file", tmp.display()))?;
         let mut w = tokio::io::BufWriter::with_capacity(1 << 20, f);
-        if let Err(e) = t.get_version(&fv.path, fv.version, &mut w).await {
+        if let Err(e) = t.restore_version(fv, &mut w).await {
             let _ = tokio::fs::remove_file(&tmp).await;
             return Err(e);
         }
