@@ -1492,6 +1492,15 @@ impl Tenant {
         self.write_pieces(fv, out, false).await
     }
 
+    /// The pieces of the whole version `fv`, read ahead without the read
+    /// cache: for restores that write them out themselves.
+    pub(crate) fn restore_stream(
+        &self,
+        fv: &FileVersion,
+    ) -> Result<futures::stream::BoxStream<'static, Result<Bytes>>> {
+        self.stream_pieces(fv, 0..fv.size, false)
+    }
+
     async fn write_version<W: AsyncWrite + Unpin>(
         &self,
         fv: &FileVersion,

@@ -386,6 +386,36 @@ async fn restore_batch(t: &Tenant, batch: Vec<(FileVersion, PathBuf)>) -> Result
     .map_err(|e| Error::io("cannot write restored file", e))
 }
 
+/// Writes the chunks of `fv` to `f` as they arrive (read ahead by the
+/// stream), each chunk's buffer handed to a blocking write as it is: one
+/// write in flight, no copy into an intermediate buffer.
+async fn write_pieces(t: &Tenant, fv: &FileVersion, f: std::fs::File) -> Result<std::fs::File> {
+    use futures::TryStreamExt;
+    let f = std::sync::Arc::new(f);
+    let mut pieces = t.restore_stream(fv)?;
+    let mut pending: Option<tokio::task::JoinHandle<std::io::Result<()>>> = None;
+    let wait = |h: tokio::task::JoinHandle<std::io::Result<()>>| async move {
+        h.await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            .map_err(|e| Error::io("cannot write restored file", e))
+    };
+    while let Some(piece) = pieces.try_next().await? {
+        if let Some(h) = pending.take() {
+            wait(h).await?;
+        }
+        let f = f.clone();
+        pending = Some(tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            (&*f).write_all(&piece)
+        }));
+    }
+    if let Some(h) = pending.take() {
+        wait(h).await?;
+    }
+    std::sync::Arc::try_unwrap(f)
+        .map_err(|_| Error::new(ErrorKind::Other, "restored file still in use"))
+}
+
 /// The temp name a file is restored under before it is renamed.
 fn partial_name(dest: &Path) -> PathBuf {
     dest.with_file_name(format!(
@@ -425,15 +455,17 @@ async fn restore_file(t: &Tenant, fv: &FileVersion, dest: &Path) -> Result<()> {
                 Error::io("cannot create directory", e).with_context("dir", parent.display())
             })?;
         }
-        let f = tokio::fs::File::create(&tmp)
+        let tmp_c = tmp.clone();
+        let f = blocking(move || std::fs::File::create(tmp_c))
             .await
             .map_err(|e| Error::io("cannot create file", e).with_context("file", tmp.display()))?;
-        let mut w = tokio::io::BufWriter::with_capacity(1 << 20, f);
-        if let Err(e) = t.restore_version(fv, &mut w).await {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(e);
+        match write_pieces(t, fv, f).await {
+            Ok(f) => Ok(f),
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(e);
+            }
         }
-        Ok(w.into_inner().into_std().await)
     };
     let file =
         file.map_err(|e| Error::io("cannot write file", e).with_context("file", tmp.display()))?;
