@@ -1,6 +1,6 @@
-//! Content-defined chunking over an `AsyncRead`, with the same boundaries
-//! as `asheville_core::chunk_slice` and memory bounded by twice the
-//! maximum chunk size.
+//! Content-defined chunking over an `AsyncRead` or a local file, with the
+//! same boundaries as `asheville_core::chunk_slice` and memory bounded by
+//! twice the maximum chunk size.
 //!
 //! A FastCDC cut point depends only on the bytes from the chunk's start up
 //! to `max_size` after it; so once the buffer holds `max_size` bytes past a
@@ -14,9 +14,17 @@ use crate::error::{Error, Result};
 /// Smallest spare room offered to a read.
 const READ_STEP: usize = 64 << 10;
 
+/// Where an [`AsyncChunker`] reads from.
+enum Source<R> {
+    Async(R),
+    /// A local file, read with blocking reads straight into the buffer
+    /// (no copies through tokio's file buffer or a `BufReader`).
+    File(std::sync::Arc<std::fs::File>),
+}
+
 /// Yields chunks of an async stream.
 pub struct AsyncChunker<R> {
-    reader: R,
+    source: Source<R>,
     config: ChunkerConfig,
     cutter: Cutter,
     buf: Vec<u8>,
@@ -24,12 +32,24 @@ pub struct AsyncChunker<R> {
     ready: std::collections::VecDeque<Vec<u8>>,
 }
 
+impl AsyncChunker<tokio::io::Empty> {
+    /// Chunks a local file, read with blocking reads on tokio's blocking
+    /// pool straight into the chunker's buffer.
+    pub fn from_file(config: ChunkerConfig, file: std::fs::File) -> Result<Self> {
+        Self::with_source(config, Source::File(std::sync::Arc::new(file)))
+    }
+}
+
 impl<R: AsyncRead + Unpin> AsyncChunker<R> {
     /// Wraps `reader`.
     pub fn new(config: ChunkerConfig, reader: R) -> Result<Self> {
+        Self::with_source(config, Source::Async(reader))
+    }
+
+    fn with_source(config: ChunkerConfig, source: Source<R>) -> Result<Self> {
         let cutter = Cutter::new(&config)?;
         Ok(AsyncChunker {
-            reader,
+            source,
             config,
             cutter,
             buf: Vec::new(),
@@ -50,22 +70,46 @@ impl<R: AsyncRead + Unpin> AsyncChunker<R> {
             }
             // Fill to 2 × max so that each round yields several chunks.
             // The buffer grows with what is read (no zero-filling), so a
-            // small file costs memory of its own size, not 2 × max.
-            while !self.eof && self.buf.len() < 2 * max {
-                if self.buf.capacity() - self.buf.len() < READ_STEP {
-                    let want = (self.buf.len().max(READ_STEP))
-                        .min(2 * max - self.buf.len())
-                        .max(READ_STEP);
-                    self.buf.reserve(want);
+            // small file costs memory of its own size, not 2 × max. (A
+            // 4 × max window moves the uncut tail less often, saving ~10%
+            // of a put's user CPU, but raised peak RSS by ~30 MiB.)
+            let window = 2 * max;
+            match &mut self.source {
+                Source::Async(reader) => {
+                    while !self.eof && self.buf.len() < window {
+                        if self.buf.capacity() - self.buf.len() < READ_STEP {
+                            let want = (self.buf.len().max(READ_STEP))
+                                .min(window - self.buf.len())
+                                .max(READ_STEP);
+                            self.buf.reserve(want);
+                        }
+                        let n = reader
+                            .read_buf(&mut self.buf)
+                            .await
+                            .map_err(|e| Error::io("reading the input failed", e))?;
+                        if n == 0 {
+                            self.eof = true;
+                        }
+                    }
                 }
-                let n = self
-                    .reader
-                    .read_buf(&mut self.buf)
+                Source::File(file) if !self.eof && self.buf.len() < window => {
+                    let want = window - self.buf.len();
+                    let mut buf = std::mem::take(&mut self.buf);
+                    let file = file.clone();
+                    let (buf, read) = tokio::task::spawn_blocking(move || {
+                        use std::io::Read;
+                        let r = (&*file).take(want as u64).read_to_end(&mut buf);
+                        (buf, r)
+                    })
                     .await
-                    .map_err(|e| Error::io("reading the input failed", e))?;
-                if n == 0 {
-                    self.eof = true;
+                    .map_err(|e| Error::new(crate::error::ErrorKind::Other, e.to_string()))?;
+                    self.buf = buf;
+                    let n = read.map_err(|e| Error::io("reading the input failed", e))?;
+                    if n < want {
+                        self.eof = true;
+                    }
                 }
+                Source::File(_) => {}
             }
             // Cut each chunk once, and only where the cut is final: with
             // `max` bytes after its start (or at the end of the stream).
@@ -155,6 +199,17 @@ mod tests {
             for (g, w) in got.iter().zip(&want) {
                 assert_eq!(&g[..], *w, "len {len} step {step}");
             }
+            // The same chunks from a local file.
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("f");
+            std::fs::write(&p, &data[..len]).unwrap();
+            let file = std::fs::File::open(&p).unwrap();
+            let mut chunker = AsyncChunker::from_file(cfg, file).unwrap();
+            let mut from_file = Vec::new();
+            while let Some(c) = chunker.next_chunk().await.unwrap() {
+                from_file.push(c);
+            }
+            assert_eq!(from_file, got, "file of {len} bytes");
         }
     }
 }

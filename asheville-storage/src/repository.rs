@@ -718,13 +718,28 @@ impl Batch<'_> {
         reader: R,
         meta: FileMeta,
     ) -> Result<()> {
+        let chunker = AsyncChunker::new(self.t.repo.inner.config.chunker, reader);
+        self.add_chunked(path, chunker, meta).await
+    }
+
+    /// [`Batch::add`] once the input has a chunker: refuses work after an
+    /// earlier error and marks the batch failed on a new one.
+    async fn add_chunked<R: AsyncRead + Unpin>(
+        &mut self,
+        path: &str,
+        chunker: Result<AsyncChunker<R>>,
+        meta: FileMeta,
+    ) -> Result<()> {
         if self.failed {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
                 "this batch failed earlier; start a new one",
             ));
         }
-        let r = self.add_inner(path, reader, meta).await;
+        let r = match chunker {
+            Ok(chunker) => self.add_inner(path, chunker, meta).await,
+            Err(e) => Err(e),
+        };
         self.failed = r.is_err();
         r
     }
@@ -732,7 +747,7 @@ impl Batch<'_> {
     async fn add_inner<R: AsyncRead + Unpin>(
         &mut self,
         path: &str,
-        reader: R,
+        mut chunker: AsyncChunker<R>,
         meta: FileMeta,
     ) -> Result<()> {
         let path = RepoPath::parse(path)?;
@@ -743,7 +758,6 @@ impl Batch<'_> {
             ));
         }
         let inner = &self.t.repo.inner;
-        let mut chunker = AsyncChunker::new(inner.config.chunker, reader)?;
         let mut chunks = Vec::new();
         let mut size = 0u64;
         while let Some(chunk) = chunker.next_chunk().await? {
@@ -792,9 +806,8 @@ impl Batch<'_> {
         match file {
             LocalFile::Whole { meta, data, .. } => self.add(path, &data[..], meta).await,
             LocalFile::Stream { meta, file, .. } => {
-                let f = tokio::fs::File::from_std(file);
-                self.add(path, tokio::io::BufReader::with_capacity(4 << 20, f), meta)
-                    .await
+                let chunker = AsyncChunker::from_file(self.t.repo.inner.config.chunker, file);
+                self.add_chunked(path, chunker, meta).await
             }
         }
     }
