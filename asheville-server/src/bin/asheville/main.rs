@@ -923,34 +923,46 @@ async fn serve(
 }
 
 /// glibc's malloc raises its mmap threshold as large buffers are freed, so
-/// the pipeline's pack buffers (16 MiB, short-lived) end up on the heap and
-/// stay there, and it keeps up to 8 arenas per core: a `put` of 1 GiB
-/// peaked at ~330 MiB RSS. A fixed threshold just above the largest chunk
-/// (4 MiB) keeps chunk and blob buffers on the heap, where they are reused
-/// without page faults, while packs and shards are mapped and unmapped;
-/// two arenas bound what freed memory is held. Measured on the repo
-/// bench's 1 GiB set, rs(4,2) on tmpfs (`/usr/bin/time -v`): put 2.8 s /
-/// 111 MiB and get 1.7 s / 90 MiB, where a 1 MiB threshold gave
-/// 3.5–4.6 s / 110 MiB and 2.4–2.5 s / 74 MiB (each chunk buffer mapped
-/// fresh: page faults and zeroing), and no tuning 2.7 s / 330 MiB and
-/// 1.5 s / 122 MiB (issue 9's note).
+/// the pipeline's pack and chunk buffers (1–16 MiB, short-lived) end up on
+/// the heap and stay there: a `put` of ~1 GiB peaked at ~330 MiB RSS.
+///
+/// For everything but `get`, a fixed 1 MiB threshold maps those buffers
+/// and unmaps them when freed: peak RSS of a put of the peers set 124–129
+/// MiB (152–166 MiB with the `get` setting below), at about the same speed
+/// on disk.
+///
+/// A restore is another matter: with a 1 MiB threshold each chunk buffer
+/// is mapped fresh (page faults and zeroing, ~20% of its profile). For
+/// `get`, a threshold just above the largest chunk (4 MiB) keeps chunk
+/// and blob buffers on the heap, where they are reused, and two arenas
+/// bound what freed memory is held: a get of 1 GiB (rs(4,2), tmpfs) went
+/// from 2.4–2.5 s to 1.5–1.7 s at 74–88 MiB peak RSS. Figures from
+/// `/usr/bin/time -v`, in issue 9's note.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
-fn tune_malloc() {
-    // SAFETY: mallopt only sets allocator parameters; it is called first
-    // thing in main, before any other thread exists.
+fn tune_malloc(restore: bool) {
+    let threshold = if restore {
+        (4 << 20) + (64 << 10)
+    } else {
+        1 << 20
+    };
+    // SAFETY: mallopt only sets allocator parameters; it is called before
+    // the runtime starts, while main is the only thread.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, (4 << 20) + (64 << 10));
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, threshold);
+        if restore {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
     }
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn tune_malloc() {}
+fn tune_malloc(_restore: bool) {}
 
 fn main() -> ExitCode {
-    tune_malloc();
     let cli = Cli::parse();
+    // Argument parsing starts no thread, so this still runs single-threaded.
+    tune_malloc(matches!(cli.cmd, Cmd::Get { .. }));
     let result = match asheville_storage::runtime() {
         Ok(rt) => rt.block_on(run(&cli)),
         Err(e) => Err(Error::io("cannot start the async runtime", e)),
