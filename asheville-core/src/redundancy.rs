@@ -451,7 +451,19 @@ impl Codec {
     /// `data`, and only the `m` parity payloads are new memory. Shards are
     /// read back as header + payload with [`EncodedPack::header`] and
     /// [`EncodedPack::payload`].
-    pub fn encode_pack(&self, mut data: Vec<u8>) -> Result<EncodedPack> {
+    pub fn encode_pack(&self, data: Vec<u8>) -> Result<EncodedPack> {
+        self.encode_pack_reusing(data, Vec::new())
+    }
+
+    /// [`Codec::encode_pack`], writing parity into `spare` buffers (their
+    /// memory reused, their contents ignored) before allocating new ones:
+    /// callers that encode many packs hand back what
+    /// [`EncodedPack::into_buffers`] returned.
+    pub fn encode_pack_reusing(
+        &self,
+        mut data: Vec<u8>,
+        mut spare: Vec<Vec<u8>>,
+    ) -> Result<EncodedPack> {
         let n = self.policy.total_shards();
         let k = self.policy.data_shards();
         let data_len = data.len() as u64;
@@ -466,7 +478,16 @@ impl Codec {
         let mut sums: Vec<[u8; 32]> = Vec::new();
         if let Some(rs) = &self.rs {
             data.resize(k * s, 0);
-            parity = (k..n).map(|_| vec![0u8; s]).collect();
+            parity = (k..n)
+                .map(|_| match spare.pop() {
+                    Some(mut p) => {
+                        p.clear();
+                        p.resize(s, 0);
+                        p
+                    }
+                    None => vec![0u8; s],
+                })
+                .collect();
             // Encode and checksum stripe by stripe, so each hasher reads
             // what the encoder has just touched while it is still in cache.
             // The hash input is the same as one pass over each shard.
@@ -715,6 +736,19 @@ fn majority(values: impl Iterator<Item = u64>) -> Option<u64> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn reused_parity_buffers_encode_like_fresh_ones() {
+        let codec = Codec::new("rs(3,2)".parse().unwrap()).unwrap();
+        let data: Vec<u8> = (0..300_001u32).map(|i| (i % 251) as u8).collect();
+        let fresh = codec.encode_pack(data.clone()).unwrap();
+        // Spare buffers of the wrong sizes, full of garbage.
+        let spare = vec![vec![0xAA; 7], vec![0x55; 1 << 20]];
+        let reused = codec.encode_pack_reusing(data, spare).unwrap();
+        for i in 0..5 {
+            assert_eq!(fresh.shard_bytes(i), reused.shard_bytes(i), "shard {i}");
+        }
+    }
 
     #[test]
     fn striped_encoding_checksums_each_whole_shard() {

@@ -46,7 +46,7 @@ pub struct RepoConfig {
     /// Target pack size in bytes (default 16 MiB).
     #[serde(default = "pack_size")]
     pub pack_size: usize,
-    /// Packs being encoded and uploaded at once (bounds memory: about
+    /// Packs being encoded and uploaded at once (default 3; bounds memory: about
     /// `packs_in_flight × pack_size × overhead`).
     #[serde(default = "in_flight")]
     pub packs_in_flight: usize,
@@ -64,8 +64,10 @@ fn compression() -> Compression {
 fn pack_size() -> usize {
     16 << 20
 }
+/// Three keep both cores busy on a 2-core machine; four raised peak RSS
+/// by ~20 MiB at no gain (issue 9's note).
 fn in_flight() -> usize {
-    4
+    3
 }
 fn cache_bytes() -> usize {
     64 << 20

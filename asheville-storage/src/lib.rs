@@ -29,6 +29,7 @@
 pub mod archive;
 pub mod auth;
 pub mod backend;
+mod bufpool;
 pub mod cache;
 pub mod catalog;
 pub mod chunking;
