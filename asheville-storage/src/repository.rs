@@ -254,7 +254,7 @@ impl Repository {
         let expansion =
             config.redundancy.total_shards() as f64 / config.redundancy.data_shards() as f64;
         let buffers = crate::bufpool::BufPool::new(
-            (1.0 * expansion * config.pack_size as f64) as usize + (8 << 20),
+            (expansion * config.pack_size as f64) as usize + (8 << 20),
         );
         Ok(Repository {
             inner: Arc::new(Inner {
@@ -934,8 +934,11 @@ async fn upload_pack(
     let sealer = t.sealer.clone();
     let seal_key = t.keys.seal_key().clone();
     let tenant = t.name.clone();
-    let parity_bufs =
-        inner.config.redundancy.total_shards() - inner.config.redundancy.data_shards();
+    // Parity buffers the encoder needs (none for `none` and replicas).
+    let parity_bufs = match inner.config.redundancy {
+        asheville_core::Redundancy::ReedSolomon { parity, .. } => usize::from(parity),
+        _ => 0,
+    };
     let repo = t.repo.clone();
     let (enc, entries, data_len) = tokio::task::spawn_blocking(move || -> Result<_> {
         let buffers = &repo.inner.buffers;
@@ -953,11 +956,7 @@ async fn upload_pack(
         drop(chunks);
         pack::finish(&mut data, &id, &tenant, &seal_key, &entries)?;
         let data_len = data.len() as u64;
-        let spare = if codec.policy().data_shards() > 1 {
-            buffers.take_any(parity_bufs)
-        } else {
-            Vec::new()
-        };
+        let spare = buffers.take_any(parity_bufs);
         Ok((codec.encode_pack_reusing(data, spare)?, entries, data_len))
     })
     .await

@@ -285,9 +285,14 @@ pub async fn get_tree(
         .chain(large.iter().map(|(_, d)| d))
         .filter_map(|d| d.parent().map(Path::to_path_buf))
         .collect();
-    blocking(move || dirs.iter().try_for_each(std::fs::create_dir_all))
-        .await
-        .map_err(|e| Error::io("cannot create directory", e))?;
+    blocking(move || {
+        dirs.iter().try_for_each(|d| {
+            std::fs::create_dir_all(d)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", d.display())))
+        })
+    })
+    .await
+    .map_err(|e| Error::io("cannot create directory", e))?;
     small.sort_by_key(|s| s.0);
     let mut batches: Vec<Vec<(FileVersion, PathBuf)>> = Vec::new();
     let mut batch_bytes = 0;

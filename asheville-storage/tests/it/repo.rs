@@ -323,7 +323,9 @@ async fn listing_depth_pagination_and_delete() {
 }
 
 /// rs(4,2) over 6 backends behind fault injectors.
-async fn faulty_repo(dir: &std::path::Path) -> (Repository, Vec<Arc<FaultyBackend>>) {
+/// rs(4,2) over six local backends behind [`FaultyBackend`]s, and tenant
+/// `acme` with a raw key.
+async fn faulty_repo(dir: &std::path::Path) -> (Repository, Vec<Arc<FaultyBackend>>, Tenant) {
     let config = small_config(dir, 6, "rs(4,2)");
     let faulty: Vec<Arc<FaultyBackend>> = config
         .backends
@@ -337,17 +339,17 @@ async fn faulty_repo(dir: &std::path::Path) -> (Repository, Vec<Arc<FaultyBacken
     let backends: Vec<DynBackend> = faulty.iter().map(|f| f.clone() as DynBackend).collect();
     let catalog = Arc::new(RedbCatalog::open(&dir.join("c.redb")).unwrap());
     let repo = Repository::with_parts(config, backends, catalog).unwrap();
-    (repo, faulty)
+    let t = repo
+        .create_tenant("acme", TenantKey::Raw(MasterKey::generate().unwrap()))
+        .await
+        .unwrap();
+    (repo, faulty, t)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_survive_any_two_backends_missing_or_corrupt() {
     let dir = tempfile::tempdir().unwrap();
-    let (repo, faulty) = faulty_repo(dir.path()).await;
-    let t = repo
-        .create_tenant("acme", TenantKey::Raw(MasterKey::generate().unwrap()))
-        .await
-        .unwrap();
+    let (_repo, faulty, t) = faulty_repo(dir.path()).await;
     let data = random(5_000_000, 5);
     t.put("big", &data[..], FileMeta::default()).await.unwrap();
     // Every pair of backends, each either offline or flipping bytes.
@@ -391,11 +393,7 @@ async fn reads_survive_any_two_backends_missing_or_corrupt() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_upload_leaves_no_visible_version() {
     let dir = tempfile::tempdir().unwrap();
-    let (repo, faulty) = faulty_repo(dir.path()).await;
-    let t = repo
-        .create_tenant("acme", TenantKey::Raw(MasterKey::generate().unwrap()))
-        .await
-        .unwrap();
+    let (_repo, faulty, t) = faulty_repo(dir.path()).await;
     t.put("f", &b"first"[..], FileMeta::default())
         .await
         .unwrap();
@@ -648,11 +646,7 @@ fn assert_same_tree(a: &std::path::Path, b: &std::path::Path) {
 async fn restoring_many_small_files_reads_in_batches_and_survives_two_lost_backends() {
     use asheville_storage::tree::{NoProgress, PutOptions, get_tree, put_tree};
     let dir = tempfile::tempdir().unwrap();
-    let (repo, faulty) = faulty_repo(dir.path()).await;
-    let t = repo
-        .create_tenant("acme", TenantKey::Raw(MasterKey::generate().unwrap()))
-        .await
-        .unwrap();
+    let (_repo, faulty, t) = faulty_repo(dir.path()).await;
     let src = small_file_tree(dir.path(), 300);
     put_tree(&t, &src, "/tree", PutOptions::default(), &NoProgress)
         .await
