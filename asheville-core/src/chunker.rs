@@ -261,12 +261,14 @@ impl Cutter {
         let Some(block) = data.get(pos..pos + LANES * LANE) else {
             return true; // not reached: callers pass whole blocks
         };
-        let lane = |i: usize| -> &[u8; LANE] {
-            block[i * LANE..(i + 1) * LANE]
-                .try_into()
-                .unwrap_or(&[0; LANE])
+        let lane = |i: usize| -> Option<&[u8; LANE]> {
+            block.get(i * LANE..(i + 1) * LANE)?.try_into().ok()
         };
-        let (l0, l1, l2, l3) = (lane(0), lane(1), lane(2), lane(3));
+        // Fixed-size lanes let the compiler drop the bounds checks; a
+        // block that cannot be split (not reached) is rescanned serially.
+        let (Some(l0), Some(l1), Some(l2), Some(l3)) = (lane(0), lane(1), lane(2), lane(3)) else {
+            return true;
+        };
         let mut h0 = self.warm_up(data, pos);
         let mut h1 = self.warm_up(data, pos + LANE);
         let mut h2 = self.warm_up(data, pos + 2 * LANE);
