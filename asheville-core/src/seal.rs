@@ -382,13 +382,11 @@ impl Sealer {
                 let plain = DECOMPRESSOR
                     .with(|d| {
                         let mut d = d.borrow_mut();
-                        if d.is_none() {
-                            *d = Some(zstd::bulk::Decompressor::new()?);
-                        }
-                        match d.as_mut() {
-                            Some(d) => d.decompress(&buf, header.plain_len as usize),
-                            None => Err(std::io::Error::other("no zstd context")),
-                        }
+                        let z = match &mut *d {
+                            Some(z) => z,
+                            slot => slot.insert(zstd::bulk::Decompressor::new()?),
+                        };
+                        z.decompress(&buf, header.plain_len as usize)
                     })
                     .map_err(|e| {
                         Error::new(

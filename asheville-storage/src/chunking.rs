@@ -102,7 +102,7 @@ impl<R: AsyncRead + Unpin> AsyncChunker<R> {
                         (buf, r)
                     })
                     .await
-                    .map_err(|e| Error::new(crate::error::ErrorKind::Other, e.to_string()))?;
+                    .map_err(crate::repository::join_err)?;
                     self.buf = buf;
                     let n = read.map_err(|e| Error::io("reading the input failed", e))?;
                     if n < want {

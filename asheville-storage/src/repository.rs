@@ -519,7 +519,7 @@ fn open_backends(config: &RepoConfig) -> Result<Vec<DynBackend>> {
         .collect()
 }
 
-fn join_err(e: tokio::task::JoinError) -> Error {
+pub(crate) fn join_err(e: tokio::task::JoinError) -> Error {
     Error::new(ErrorKind::Other, "a background task failed").set_source(e)
 }
 
