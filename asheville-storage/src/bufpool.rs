@@ -1,69 +1,57 @@
-//! A small bounded pool of large byte buffers for the write path.
+//! Small bounded pools of large byte buffers for the write path.
 //!
 //! Every pack needs a pack-sized buffer and `m` parity buffers. Freshly
 //! allocated, each is mapped anew and faulted in page by page (glibc maps
-//! allocations this large); reused, it costs nothing. The pool holds at
-//! most `max_bytes` of idle capacity, so memory stays bounded.
+//! allocations this large); reused, it costs nothing. Packs differ in size
+//! by up to a chunk, so a pool hands out buffers of one capacity (its
+//! `floor`, raised for the rare larger request): any idle buffer then fits
+//! the next pack. Data and parity buffers live in separate pools, so a
+//! parity shard never takes (and shrinks the use of) a pack buffer. A pool
+//! holds at most `max_idle` buffers, so memory stays bounded.
 
 use std::sync::Mutex;
-
-/// Buffers smaller than this are not worth keeping.
-const MIN_KEEP: usize = 256 << 10;
 
 /// See the module docs.
 #[derive(Debug)]
 pub(crate) struct BufPool {
     idle: Mutex<Vec<Vec<u8>>>,
-    max_bytes: usize,
+    /// The capacity of every new buffer (at least).
+    floor: usize,
+    max_idle: usize,
 }
 
 impl BufPool {
-    /// A pool that keeps at most `max_bytes` of idle capacity.
-    pub(crate) fn new(max_bytes: usize) -> Self {
+    /// A pool of buffers of at least `floor` bytes that keeps at most
+    /// `max_idle` of them.
+    pub(crate) fn new(floor: usize, max_idle: usize) -> Self {
         BufPool {
             idle: Mutex::new(Vec::new()),
-            max_bytes,
+            floor,
+            max_idle,
         }
     }
 
-    /// An empty buffer with room for at least `cap` bytes: the smallest
-    /// idle one that fits, else a new one.
+    /// An empty buffer with room for at least `cap` bytes: an idle one
+    /// that fits, else a new one of `max(cap, floor)`.
     pub(crate) fn take(&self, cap: usize) -> Vec<u8> {
         let found = self.idle.lock().ok().and_then(|mut idle| {
-            let i = idle
-                .iter()
-                .enumerate()
-                .filter(|(_, b)| b.capacity() >= cap)
-                .min_by_key(|(_, b)| b.capacity())
-                .map(|(i, _)| i)?;
+            let i = idle.iter().position(|b| b.capacity() >= cap)?;
             Some(idle.swap_remove(i))
         });
-        found.unwrap_or_else(|| Vec::with_capacity(cap))
+        found.unwrap_or_else(|| Vec::with_capacity(cap.max(self.floor)))
     }
 
-    /// Up to `n` idle buffers, whatever their size (parity for
-    /// `Codec::encode_pack_reusing`, which resizes them).
-    pub(crate) fn take_any(&self, n: usize) -> Vec<Vec<u8>> {
-        match self.idle.lock() {
-            Ok(mut idle) => {
-                let keep = idle.len().saturating_sub(n);
-                idle.split_off(keep)
-            }
-            Err(_) => Vec::new(),
-        }
-    }
-
-    /// Gives a buffer back (dropped if small or if the pool is full).
+    /// Gives a buffer back (dropped if smaller than the floor or if the
+    /// pool is full).
     pub(crate) fn give(&self, mut buf: Vec<u8>) {
-        if buf.capacity() < MIN_KEEP {
+        if buf.capacity() < self.floor {
             return;
         }
         buf.clear();
-        if let Ok(mut idle) = self.idle.lock() {
-            let held: usize = idle.iter().map(Vec::capacity).sum();
-            if held + buf.capacity() <= self.max_bytes {
-                idle.push(buf);
-            }
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < self.max_idle
+        {
+            idle.push(buf);
         }
     }
 }
@@ -73,23 +61,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reuses_the_smallest_fit_and_stays_bounded() {
-        let pool = BufPool::new(3 << 20);
-        let a = Vec::with_capacity(1 << 20);
-        let b = Vec::with_capacity(2 << 20);
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    fn hands_out_one_size_and_stays_bounded() {
+        let pool = BufPool::new(1 << 20, 2);
+        let a = pool.take(900 << 10);
+        assert_eq!(a.capacity(), 1 << 20, "raised to the floor");
+        let big = pool.take(3 << 20);
+        assert!(big.capacity() >= 3 << 20, "a larger request is served");
+        let (pa, pbig) = (a.as_ptr(), big.as_ptr());
         pool.give(a);
-        pool.give(b);
+        pool.give(big);
         pool.give(Vec::with_capacity(1 << 20)); // over the bound: dropped
-        let got = pool.take(900 << 10);
-        assert_eq!(got.as_ptr(), pa, "the smallest buffer that fits");
+        pool.give(Vec::with_capacity(10)); // under the floor: dropped
+        let got = pool.take(2 << 20);
+        assert_eq!(got.as_ptr(), pbig, "only the large one fits");
         assert!(got.is_empty());
-        let got = pool.take(1536 << 10);
-        assert_eq!(got.as_ptr(), pb);
-        // Nothing left that fits: a new buffer.
-        assert!(pool.take(10).capacity() >= 10);
-        assert!(pool.take_any(5).is_empty());
-        pool.give(Vec::with_capacity(10)); // too small to keep
-        assert!(pool.take_any(5).is_empty());
+        let got = pool.take(1 << 20);
+        assert_eq!(got.as_ptr(), pa);
+        // Nothing idle: a new buffer.
+        assert_eq!(pool.take(10).capacity(), 1 << 20);
     }
 }

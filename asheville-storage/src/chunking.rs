@@ -1,12 +1,21 @@
-//! Content-defined chunking over an `AsyncRead` or a local file, with the
-//! same boundaries as `asheville_core::chunk_slice` and memory bounded by
-//! twice the maximum chunk size.
+//! Content-defined chunking over an `AsyncRead`, a local file or bytes in
+//! memory, with the same boundaries as `asheville_core::chunk_slice` and
+//! memory bounded by twice the maximum chunk size per input.
 //!
 //! A FastCDC cut point depends only on the bytes from the chunk's start up
 //! to `max_size` after it; so once the buffer holds `max_size` bytes past a
 //! chunk's start (or the stream has ended), that chunk is final.
+//!
+//! Chunks are [`Bytes`] slices of the read window, not copies: a window
+//! lives until its last chunk is sealed, and only the uncut tail of a
+//! window (less than one chunk) is copied into the next. A [`WindowPool`]
+//! hands windows whose chunks are all gone to the next read, so the write
+//! path does not map and fault in fresh memory for every window.
+
+use std::sync::{Arc, Mutex};
 
 use asheville_core::{ChunkerConfig, Cutter};
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::error::{Error, Result};
@@ -14,29 +23,85 @@ use crate::error::{Error, Result};
 /// Smallest spare room offered to a read.
 const READ_STEP: usize = 64 << 10;
 
+/// Windows a [`WindowPool`] keeps track of at most.
+const POOL_WINDOWS: usize = 3;
+
+/// Read windows given up by chunkers, reused once no chunk refers to them.
+///
+/// It holds handles to at most a few windows; a window whose chunks are
+/// still waiting to be sealed is skipped, and its memory is freed as usual
+/// if the pool lets go of it first.
+#[derive(Debug, Default)]
+pub(crate) struct WindowPool {
+    retired: Mutex<Vec<Bytes>>,
+}
+
+impl WindowPool {
+    /// An empty buffer with room for `cap` bytes: a retired window that no
+    /// chunk refers to any more, else a new one.
+    fn take(&self, cap: usize) -> Vec<u8> {
+        if let Ok(mut retired) = self.retired.lock() {
+            while let Some(i) = retired.iter().position(Bytes::is_unique) {
+                if let Ok(m) = retired.swap_remove(i).try_into_mut() {
+                    let mut v = Vec::from(m);
+                    if v.capacity() >= cap {
+                        v.clear();
+                        return v;
+                    }
+                }
+            }
+        }
+        Vec::with_capacity(cap)
+    }
+
+    /// Hands a window over for reuse once its chunks are gone.
+    fn retire(&self, window: Bytes) {
+        if let Ok(mut retired) = self.retired.lock()
+            && retired.len() < POOL_WINDOWS
+        {
+            retired.push(window);
+        }
+    }
+}
+
 /// Where an [`AsyncChunker`] reads from.
 enum Source<R> {
     Async(R),
-    /// A local file, read with blocking reads straight into the buffer
-    /// (no copies through tokio's file buffer or a `BufReader`).
-    File(std::sync::Arc<std::fs::File>),
+    /// A local file, read with blocking reads on tokio's blocking pool
+    /// straight into the window (no copies through tokio's file buffer or
+    /// a `BufReader`).
+    File(Arc<std::fs::File>),
+    /// Everything is already in the window.
+    Done,
 }
 
-/// Yields chunks of an async stream.
+/// Yields the chunks of an async stream, a local file or a buffer.
 pub struct AsyncChunker<R> {
     source: Source<R>,
     config: ChunkerConfig,
     cutter: Cutter,
-    buf: Vec<u8>,
+    /// Bytes read and not yet cut are `window[pos..]`.
+    window: Bytes,
+    pos: usize,
     eof: bool,
-    ready: std::collections::VecDeque<Vec<u8>>,
+    ready: std::collections::VecDeque<Bytes>,
+    /// Where full-size windows go when this chunker is done with them.
+    pool: Option<Arc<WindowPool>>,
 }
 
 impl AsyncChunker<tokio::io::Empty> {
     /// Chunks a local file, read with blocking reads on tokio's blocking
-    /// pool straight into the chunker's buffer.
+    /// pool straight into the chunker's window.
     pub fn from_file(config: ChunkerConfig, file: std::fs::File) -> Result<Self> {
-        Self::with_source(config, Source::File(std::sync::Arc::new(file)))
+        Self::with_source(config, Source::File(Arc::new(file)))
+    }
+
+    /// Chunks bytes already in memory; every chunk is a slice of `data`.
+    pub fn from_bytes(config: ChunkerConfig, data: Bytes) -> Result<Self> {
+        let mut c = Self::with_source(config, Source::Done)?;
+        c.window = data;
+        c.eof = true;
+        Ok(c)
     }
 }
 
@@ -52,75 +117,111 @@ impl<R: AsyncRead + Unpin> AsyncChunker<R> {
             source,
             config,
             cutter,
-            buf: Vec::new(),
+            window: Bytes::new(),
+            pos: 0,
             eof: false,
             ready: Default::default(),
+            pool: None,
         })
     }
 
-    /// The next chunk, or `None` at the end of the stream.
-    pub async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>> {
+    /// Takes windows from, and gives them back to, `pool`.
+    pub(crate) fn pooled(mut self, pool: Arc<WindowPool>) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// The next chunk, or `None` at the end of the input.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>> {
         let max = self.config.max_size as usize;
         loop {
             if let Some(c) = self.ready.pop_front() {
                 return Ok(Some(c));
             }
-            if self.eof && self.buf.is_empty() {
+            if self.eof && self.pos == self.window.len() {
+                self.retire();
                 return Ok(None);
             }
-            // Fill to 2 × max so that each round yields several chunks.
-            // The buffer grows with what is read (no zero-filling), so a
-            // small file costs memory of its own size, not 2 × max. (A
-            // 4 × max window moves the uncut tail less often, saving ~10%
-            // of a put's user CPU, but raised peak RSS by ~30 MiB.)
-            let window = 2 * max;
-            match &mut self.source {
-                Source::Async(reader) => {
-                    while !self.eof && self.buf.len() < window {
-                        if self.buf.capacity() - self.buf.len() < READ_STEP {
-                            let want = (self.buf.len().max(READ_STEP))
-                                .min(window - self.buf.len())
-                                .max(READ_STEP);
-                            self.buf.reserve(want);
-                        }
-                        let n = reader
-                            .read_buf(&mut self.buf)
-                            .await
-                            .map_err(|e| Error::io("reading the input failed", e))?;
-                        if n == 0 {
-                            self.eof = true;
-                        }
+            if !self.eof {
+                self.fill(2 * max).await?;
+            }
+            // Cut each chunk once, and only where the cut is final: with
+            // `max` bytes after its start (or at the end of the input).
+            let len = self.window.len();
+            while self.pos < len && (self.eof || len - self.pos >= max) {
+                let n = self.cutter.cut(&self.window[self.pos..]);
+                self.ready
+                    .push_back(self.window.slice(self.pos..self.pos + n));
+                self.pos += n;
+            }
+        }
+    }
+
+    /// Reads until the window holds `window` bytes or the input ends: a
+    /// new window that starts with the uncut tail of the old one.
+    ///
+    /// An async reader's window grows with what is read (no zero-filling),
+    /// so a small input costs memory of its own size, not 2 × max. (A 4 ×
+    /// max window moves the uncut tail less often, saving ~10% of a put's
+    /// user CPU, but raised peak RSS by ~30 MiB.)
+    async fn fill(&mut self, window: usize) -> Result<()> {
+        let tail = &self.window[self.pos..];
+        let mut buf = match (&self.source, &self.pool) {
+            (Source::File(_), Some(pool)) => pool.take(window),
+            (Source::File(_), None) => Vec::with_capacity(window),
+            _ => Vec::with_capacity(tail.len().max(READ_STEP)),
+        };
+        buf.extend_from_slice(tail);
+        match &mut self.source {
+            Source::Async(reader) => {
+                while !self.eof && buf.len() < window {
+                    if buf.capacity() - buf.len() < READ_STEP {
+                        let want = (buf.len().max(READ_STEP))
+                            .min(window - buf.len())
+                            .max(READ_STEP);
+                        buf.reserve(want);
                     }
-                }
-                Source::File(file) if !self.eof && self.buf.len() < window => {
-                    let want = window - self.buf.len();
-                    let mut buf = std::mem::take(&mut self.buf);
-                    let file = file.clone();
-                    let (buf, read) = tokio::task::spawn_blocking(move || {
-                        use std::io::Read;
-                        let r = (&*file).take(want as u64).read_to_end(&mut buf);
-                        (buf, r)
-                    })
-                    .await
-                    .map_err(crate::repository::join_err)?;
-                    self.buf = buf;
-                    let n = read.map_err(|e| Error::io("reading the input failed", e))?;
-                    if n < want {
+                    let n = reader
+                        .read_buf(&mut buf)
+                        .await
+                        .map_err(|e| Error::io("reading the input failed", e))?;
+                    if n == 0 {
                         self.eof = true;
                     }
                 }
-                Source::File(_) => {}
             }
-            // Cut each chunk once, and only where the cut is final: with
-            // `max` bytes after its start (or at the end of the stream).
-            let mut consumed = 0;
-            while consumed < self.buf.len() && (self.eof || self.buf.len() - consumed >= max) {
-                let n = self.cutter.cut(&self.buf[consumed..]);
-                self.ready
-                    .push_back(self.buf[consumed..consumed + n].to_vec());
-                consumed += n;
+            Source::File(file) => {
+                let want = window - buf.len();
+                let file = file.clone();
+                let (b, read) = tokio::task::spawn_blocking(move || {
+                    use std::io::Read;
+                    let r = (&*file).take(want as u64).read_to_end(&mut buf);
+                    (buf, r)
+                })
+                .await
+                .map_err(crate::repository::join_err)?;
+                buf = b;
+                let n = read.map_err(|e| Error::io("reading the input failed", e))?;
+                if n < want {
+                    self.eof = true;
+                }
             }
-            self.buf.drain(..consumed);
+            Source::Done => self.eof = true,
+        }
+        self.retire();
+        self.window = Bytes::from(buf);
+        self.pos = 0;
+        Ok(())
+    }
+
+    /// Gives the current window to the pool (only file windows, which all
+    /// have the same size).
+    fn retire(&mut self) {
+        let window = std::mem::take(&mut self.window);
+        self.pos = 0;
+        if let (Source::File(_), Some(pool), false) = (&self.source, &self.pool, window.is_empty())
+        {
+            pool.retire(window);
         }
     }
 }
@@ -210,6 +311,74 @@ mod tests {
                 from_file.push(c);
             }
             assert_eq!(from_file, got, "file of {len} bytes");
+            // And from bytes in memory, as slices of them.
+            let bytes = Bytes::copy_from_slice(&data[..len]);
+            let mut chunker = AsyncChunker::from_bytes(cfg, bytes.clone()).unwrap();
+            let mut from_bytes = Vec::new();
+            while let Some(c) = chunker.next_chunk().await.unwrap() {
+                assert!(
+                    bytes.as_ptr_range().contains(&c.as_ptr()),
+                    "a slice, not a copy"
+                );
+                from_bytes.push(c);
+            }
+            assert_eq!(from_bytes, got, "{len} bytes in memory");
         }
+    }
+
+    async fn pooled_chunks(
+        cfg: ChunkerConfig,
+        p: &std::path::Path,
+        pool: &Arc<WindowPool>,
+    ) -> Vec<Bytes> {
+        let file = std::fs::File::open(p).unwrap();
+        let mut chunker = AsyncChunker::from_file(cfg, file)
+            .unwrap()
+            .pooled(pool.clone());
+        let mut out = Vec::new();
+        while let Some(c) = chunker.next_chunk().await.unwrap() {
+            out.push(c);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_window_is_reused_only_once_no_chunk_points_into_it() {
+        let cfg = ChunkerConfig::new(4096, 16384, 65536).unwrap();
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let data: Vec<u8> = (0..600_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, &data).unwrap();
+        let pool = Arc::new(WindowPool::default());
+        // Every chunk held: no window may be handed out again, so a second
+        // pass through the same pool must not overwrite the first's chunks.
+        let first = pooled_chunks(cfg, &p, &pool).await;
+        let second = pooled_chunks(cfg, &p, &pool).await;
+        assert_eq!(first.concat(), data);
+        assert_eq!(second, first);
+        let retired: Vec<*const u8> = pool
+            .retired
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|w| w.as_ptr())
+            .collect();
+        assert!(!retired.is_empty() && retired.len() <= POOL_WINDOWS);
+        // Once the chunks are gone, the next read reuses a retired window.
+        drop((first, second));
+        let third = pooled_chunks(cfg, &p, &pool).await;
+        assert_eq!(third.concat(), data);
+        assert!(
+            retired.contains(&third[0].as_ptr()),
+            "the first window of the third pass is a retired one"
+        );
     }
 }

@@ -140,8 +140,12 @@ struct Inner {
     /// Pack records are immutable once committed: cached without bound on
     /// staleness (a few hundred bytes each; cleared when it grows large).
     packs: std::sync::Mutex<HashMap<PackId, Arc<PackRecord>>>,
-    /// Pack and parity buffers of finished uploads, for the next packs.
-    buffers: crate::bufpool::BufPool,
+    /// Pack buffers of finished uploads, for the next packs.
+    pack_bufs: crate::bufpool::BufPool,
+    /// Parity buffers of finished uploads (`rs` only).
+    parity_bufs: crate::bufpool::BufPool,
+    /// Read windows of local files put, for the next ones.
+    windows: Arc<crate::chunking::WindowPool>,
 }
 
 /// A repository: backends, a catalog, and tenants inside.
@@ -249,16 +253,33 @@ impl Repository {
             .map(|(i, b)| (b.name.clone(), i))
             .collect();
         let cache = ReadCache::new(config.cache_bytes);
-        // One pack's worth (data and parity) of idle buffers at most: two
-        // raised peak RSS by 20-30 MiB for no more speed.
-        let expansion =
-            config.redundancy.total_shards() as f64 / config.redundancy.data_shards() as f64;
-        let buffers = crate::bufpool::BufPool::new(
-            (expansion * config.pack_size as f64) as usize + (8 << 20),
+        // Idle buffers for all but one of the packs in flight (the open
+        // pack holds one). Put of the 1 GiB bench set, rs(4,2), CLI: one
+        // idle 111 MiB peak RSS and 130k page faults, two 125 MiB and 58k,
+        // three 144 MiB and 57k. Every pack buffer has room for the largest
+        // pack (one chunk past `pack_size`) with a trailer of a few hundred
+        // blobs.
+        let (k, m) = (
+            config.redundancy.data_shards(),
+            config.redundancy.total_shards() - config.redundancy.data_shards(),
         );
+        let pack_floor = config.pack_size
+            + config.chunker.max_size as usize
+            + asheville_core::seal::OVERHEAD
+            + (64 << 10);
+        let is_rs = matches!(
+            config.redundancy,
+            asheville_core::Redundancy::ReedSolomon { .. }
+        );
+        let idle = config.packs_in_flight.saturating_sub(1).max(1);
+        let pack_bufs = crate::bufpool::BufPool::new(pack_floor, idle);
+        let parity_bufs =
+            crate::bufpool::BufPool::new(pack_floor.div_ceil(k), if is_rs { m * idle } else { 0 });
         Ok(Repository {
             inner: Arc::new(Inner {
-                buffers,
+                pack_bufs,
+                parity_bufs,
+                windows: Default::default(),
                 config,
                 backends,
                 by_name,
@@ -551,18 +572,38 @@ impl std::fmt::Debug for Tenant {
     }
 }
 
+/// Chunks waiting to be sealed into an open pack at most; they are sealed
+/// as they come, so the read windows they point into are freed early.
+const SEAL_QUEUE: usize = 4;
+
+/// A pack being filled: a blocking task seals each chunk into the pack
+/// buffer as it arrives, so that chunking + hashing (the writer's task) and
+/// sealing (another core) overlap, and no chunk waits for its pack to fill.
+struct OpenPack {
+    id: PackId,
+    tx: tokio::sync::mpsc::Sender<(ChunkId, Bytes)>,
+    sealing: tokio::task::JoinHandle<Result<SealedPack>>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// A pack sealed, with its trailer, and erasure-coded.
+struct SealedPack {
+    enc: asheville_core::redundancy::EncodedPack,
+    entries: Vec<TrailerEntry>,
+    data_len: u64,
+}
+
 /// The open pack of a write and the uploads in flight.
 struct PackWriter<'a> {
     t: &'a Tenant,
-    /// Plaintext chunks of the open pack; sealed in the pack's own task so
-    /// that chunking + hashing (this task) and sealing + encoding (another
-    /// core) overlap.
-    chunks: Vec<(ChunkId, Vec<u8>)>,
+    open: Option<OpenPack>,
+    /// Plaintext bytes (plus blob overhead) sent to the open pack.
     bytes: usize,
     pending: HashSet<ChunkId>,
     uploads: JoinSet<Result<u64>>,
     /// Shard bytes written to the backends so far.
     stored: u64,
+    /// One per pack open or uploading.
     permits: Arc<Semaphore>,
     /// Repacking: blob entries move to the new packs.
     moving: bool,
@@ -573,7 +614,7 @@ impl<'a> PackWriter<'a> {
         let cfg = &t.repo.inner.config;
         PackWriter {
             t,
-            chunks: Vec::new(),
+            open: None,
             bytes: 0,
             pending: HashSet::new(),
             uploads: JoinSet::new(),
@@ -583,22 +624,32 @@ impl<'a> PackWriter<'a> {
         }
     }
 
-    async fn add(&mut self, id: ChunkId, chunk: Vec<u8>) -> Result<()> {
+    async fn add(&mut self, id: ChunkId, chunk: Bytes) -> Result<()> {
         if !self.pending.insert(id) {
             return Ok(());
         }
-        self.bytes += chunk.len() + asheville_core::seal::OVERHEAD;
-        self.chunks.push((id, chunk));
+        let len = chunk.len();
+        let open = match self.open.take() {
+            Some(open) => open,
+            None => self.open_pack().await?,
+        };
+        if open.tx.send((id, chunk)).await.is_err() {
+            // The sealing task stopped early: it failed.
+            return Err(match open.sealing.await.map_err(join_err)? {
+                Err(e) => e,
+                Ok(_) => Error::new(ErrorKind::Other, "the pack sealer stopped"),
+            });
+        }
+        self.open = Some(open);
+        self.bytes += len + asheville_core::seal::OVERHEAD;
         if self.bytes >= self.t.repo.inner.config.pack_size {
             self.flush().await?;
         }
         Ok(())
     }
 
-    async fn flush(&mut self) -> Result<()> {
-        if self.chunks.is_empty() {
-            return Ok(());
-        }
+    /// Starts a pack once a permit is free: its buffer and its sealer.
+    async fn open_pack(&mut self) -> Result<OpenPack> {
         // Surface a failed upload early instead of after the whole input.
         while let Some(r) = self.uploads.try_join_next() {
             self.stored += r.map_err(join_err)??;
@@ -609,12 +660,46 @@ impl<'a> PackWriter<'a> {
             .acquire_owned()
             .await
             .map_err(|_| Error::new(ErrorKind::Other, "semaphore closed"))?;
-        let chunks = std::mem::take(&mut self.chunks);
-        let bytes = std::mem::take(&mut self.bytes);
+        let t = self.t;
+        let id = PackId::random()?;
+        let (tx, rx) = tokio::sync::mpsc::channel(SEAL_QUEUE);
+        let (repo, sealer, seal_key, tenant) = (
+            t.repo.clone(),
+            t.sealer.clone(),
+            t.keys.seal_key().clone(),
+            t.name.clone(),
+        );
+        let sealing = tokio::task::spawn_blocking(move || {
+            seal_pack(&repo, &sealer, &seal_key, &tenant, id, rx)
+        });
+        Ok(OpenPack {
+            id,
+            tx,
+            sealing,
+            permit,
+        })
+    }
+
+    /// Closes the open pack and starts its upload.
+    async fn flush(&mut self) -> Result<()> {
+        let Some(OpenPack {
+            id,
+            tx,
+            sealing,
+            permit,
+        }) = self.open.take()
+        else {
+            return Ok(());
+        };
+        drop(tx);
+        self.bytes = 0;
         let t = self.t.clone();
         let moving = self.moving;
         self.uploads.spawn(async move {
-            let r = upload_pack(&t, chunks, bytes, moving).await;
+            let r = match sealing.await.map_err(join_err) {
+                Ok(Ok(sealed)) => upload_pack(&t, id, sealed, moving).await,
+                Ok(Err(e)) | Err(e) => Err(e),
+            };
             drop(permit);
             r
         });
@@ -814,9 +899,15 @@ impl Batch<'_> {
         };
         self.check_quota(size)?;
         match file {
-            LocalFile::Whole { meta, data, .. } => self.add(path, &data[..], meta).await,
+            LocalFile::Whole { meta, data, .. } => {
+                let chunker =
+                    AsyncChunker::from_bytes(self.t.repo.inner.config.chunker, Bytes::from(data));
+                self.add_chunked(path, chunker, meta).await
+            }
             LocalFile::Stream { meta, file, .. } => {
-                let chunker = AsyncChunker::from_file(self.t.repo.inner.config.chunker, file);
+                let inner = &self.t.repo.inner;
+                let chunker = AsyncChunker::from_file(inner.config.chunker, file)
+                    .map(|c| c.pooled(inner.windows.clone()));
                 self.add_chunked(path, chunker, meta).await
             }
         }
@@ -920,47 +1011,56 @@ impl Batch<'_> {
     }
 }
 
-/// Encodes a finished pack, writes every shard to its backend, then
-/// records the pack and its blobs in the catalog (in that order).
-async fn upload_pack(
-    t: &Tenant,
-    chunks: Vec<(ChunkId, Vec<u8>)>,
-    bytes: usize,
-    moving: bool,
-) -> Result<u64> {
-    let inner = &t.repo.inner;
-    let id = PackId::random()?;
-    let codec = inner.codec.clone();
-    let sealer = t.sealer.clone();
-    let seal_key = t.keys.seal_key().clone();
-    let tenant = t.name.clone();
+/// Seals the chunks of pack `id` into a pooled pack buffer as they
+/// arrive, then adds the trailer and erasure-codes it (on a blocking
+/// thread, for the pack's whole life).
+fn seal_pack(
+    repo: &Repository,
+    sealer: &Sealer,
+    seal_key: &asheville_core::keys::SealKey,
+    tenant: &str,
+    id: PackId,
+    mut rx: tokio::sync::mpsc::Receiver<(ChunkId, Bytes)>,
+) -> Result<SealedPack> {
+    let inner = &repo.inner;
+    // Room for the largest pack; a trailer of very many blobs may grow it.
+    let mut data = inner.pack_bufs.take(0);
+    let mut entries = Vec::new();
+    while let Some((cid, chunk)) = rx.blocking_recv() {
+        let offset = data.len() as u64;
+        sealer.seal_into(&cid, &chunk, &mut data)?;
+        entries.push(TrailerEntry {
+            id: cid,
+            offset,
+            len: (data.len() as u64 - offset) as u32,
+        });
+    }
+    pack::finish(&mut data, &id, tenant, seal_key, &entries)?;
+    let data_len = data.len() as u64;
     // Parity buffers the encoder needs (none for `none` and replicas).
-    let parity_bufs = match inner.config.redundancy {
+    let parity_count = match inner.config.redundancy {
         asheville_core::Redundancy::ReedSolomon { parity, .. } => usize::from(parity),
         _ => 0,
     };
-    let repo = t.repo.clone();
-    let (enc, entries, data_len) = tokio::task::spawn_blocking(move || -> Result<_> {
-        let buffers = &repo.inner.buffers;
-        let mut data = buffers.take(bytes + 4096);
-        let mut entries = Vec::with_capacity(chunks.len());
-        for (cid, chunk) in &chunks {
-            let offset = data.len() as u64;
-            sealer.seal_into(cid, chunk, &mut data)?;
-            entries.push(TrailerEntry {
-                id: *cid,
-                offset,
-                len: (data.len() as u64 - offset) as u32,
-            });
-        }
-        drop(chunks);
-        pack::finish(&mut data, &id, &tenant, &seal_key, &entries)?;
-        let data_len = data.len() as u64;
-        let spare = buffers.take_any(parity_bufs);
-        Ok((codec.encode_pack_reusing(data, spare)?, entries, data_len))
+    let spare = (0..parity_count)
+        .map(|_| inner.parity_bufs.take(0))
+        .collect();
+    Ok(SealedPack {
+        enc: inner.codec.encode_pack_reusing(data, spare)?,
+        entries,
+        data_len,
     })
-    .await
-    .map_err(join_err)??;
+}
+
+/// Writes every shard of a sealed pack to its backend, then records the
+/// pack and its blobs in the catalog (in that order).
+async fn upload_pack(t: &Tenant, id: PackId, sealed: SealedPack, moving: bool) -> Result<u64> {
+    let inner = &t.repo.inner;
+    let SealedPack {
+        enc,
+        entries,
+        data_len,
+    } = sealed;
     let tenant = t.name.as_str();
     let n = enc.shard_count();
     let targets = inner.placement.place(id.as_bytes(), n)?;
@@ -973,9 +1073,9 @@ async fn upload_pack(
     let (data, parity) = enc.into_buffers();
     let data = Bytes::from(data);
     let mut parity: Vec<Bytes> = parity.into_iter().map(Bytes::from).collect();
-    // Handles to take the buffers back into the pool once uploaded.
-    let mut uploaded: Vec<Bytes> = parity.clone();
-    uploaded.push(data.clone());
+    // Handles to take the buffers back into their pools once uploaded.
+    let uploaded_parity: Vec<Bytes> = parity.clone();
+    let uploaded_data = data.clone();
     let payloads: Vec<Bytes> = (0..n)
         .map(|i| {
             if parity.is_empty() {
@@ -996,11 +1096,13 @@ async fn upload_pack(
         },
     ))
     .await?;
-    for b in uploaded {
-        // Unique again once every upload has let go of its slice.
-        if let Ok(mut m) = b.try_into_mut() {
-            m.clear();
-            inner.buffers.give(Vec::from(m));
+    // Unique again once every upload has let go of its slice.
+    if let Ok(m) = uploaded_data.try_into_mut() {
+        inner.pack_bufs.give(Vec::from(m));
+    }
+    for b in uploaded_parity {
+        if let Ok(m) = b.try_into_mut() {
+            inner.parity_bufs.give(Vec::from(m));
         }
     }
     let record = PackRecord {
@@ -1385,7 +1487,8 @@ impl Tenant {
                     if (*bytes as f64) < opts.repack_below * rec.data_len as f64 {
                         for id in ids {
                             let plain = self.read_plain(id, false).await?;
-                            writer.add(*id, plain.to_vec()).await?;
+                            let plain = Arc::try_unwrap(plain).unwrap_or_else(|a| a.to_vec());
+                            writer.add(*id, Bytes::from(plain)).await?;
                             report.blobs_moved += 1;
                         }
                         repacked.push(pack);
