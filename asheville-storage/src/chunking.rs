@@ -279,6 +279,8 @@ mod tests {
             (100, 1),
             (70_000, 999),
             (300_000, 65_536),
+            // The file ends on a window edge (2 × max).
+            (4 * 65_536, 4096),
             (700_000, 1 << 20),
         ] {
             let want: Vec<&[u8]> = asheville_core::chunk_slice(&cfg, &data[..len])
