@@ -576,14 +576,24 @@ impl std::fmt::Debug for Tenant {
 /// as they come, so the read windows they point into are freed early.
 const SEAL_QUEUE: usize = 4;
 
-/// A pack being filled: a blocking task seals each chunk into the pack
+/// A pack being filled: a thread of its own seals each chunk into the pack
 /// buffer as it arrives, so that chunking + hashing (the writer's task) and
 /// sealing (another core) overlap, and no chunk waits for its pack to fill.
+/// (Not a task of tokio's blocking pool: waiting for chunks there would
+/// hold one of its few threads, which the reads that produce the chunks
+/// may need.)
 struct OpenPack {
     id: PackId,
     tx: tokio::sync::mpsc::Sender<(ChunkId, Bytes)>,
-    sealing: tokio::task::JoinHandle<Result<SealedPack>>,
+    sealing: tokio::sync::oneshot::Receiver<Result<SealedPack>>,
     permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// The sealed pack from its sealing thread.
+async fn sealed(sealing: tokio::sync::oneshot::Receiver<Result<SealedPack>>) -> Result<SealedPack> {
+    sealing
+        .await
+        .map_err(|_| Error::new(ErrorKind::Other, "the pack sealing thread panicked"))?
 }
 
 /// A pack sealed, with its trailer, and erasure-coded.
@@ -634,10 +644,10 @@ impl<'a> PackWriter<'a> {
             None => self.open_pack().await?,
         };
         if open.tx.send((id, chunk)).await.is_err() {
-            // The sealing task stopped early: it failed.
-            return Err(match open.sealing.await.map_err(join_err)? {
+            // The sealing thread stopped early: it failed.
+            return Err(match sealed(open.sealing).await {
                 Err(e) => e,
-                Ok(_) => Error::new(ErrorKind::Other, "the pack sealer stopped"),
+                Ok(_) => Error::new(ErrorKind::Other, "the pack sealing thread stopped"),
             });
         }
         self.open = Some(open);
@@ -669,9 +679,13 @@ impl<'a> PackWriter<'a> {
             t.keys.seal_key().clone(),
             t.name.clone(),
         );
-        let sealing = tokio::task::spawn_blocking(move || {
-            seal_pack(&repo, &sealer, &seal_key, &tenant, id, rx)
-        });
+        let (done, sealing) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("asheville-seal".into())
+            .spawn(move || {
+                let _ = done.send(seal_pack(&repo, &sealer, &seal_key, &tenant, id, rx));
+            })
+            .map_err(|e| Error::io("cannot start a pack sealing thread", e))?;
         Ok(OpenPack {
             id,
             tx,
@@ -696,9 +710,9 @@ impl<'a> PackWriter<'a> {
         let t = self.t.clone();
         let moving = self.moving;
         self.uploads.spawn(async move {
-            let r = match sealing.await.map_err(join_err) {
-                Ok(Ok(sealed)) => upload_pack(&t, id, sealed, moving).await,
-                Ok(Err(e)) | Err(e) => Err(e),
+            let r = match sealed(sealing).await {
+                Ok(pack) => upload_pack(&t, id, pack, moving).await,
+                Err(e) => Err(e),
             };
             drop(permit);
             r
@@ -1012,7 +1026,7 @@ impl Batch<'_> {
 }
 
 /// Seals the chunks of pack `id` into a pooled pack buffer as they
-/// arrive, then adds the trailer and erasure-codes it (on a blocking
+/// arrive, then adds the trailer and erasure-codes it (on the pack's own
 /// thread, for the pack's whole life).
 fn seal_pack(
     repo: &Repository,
