@@ -42,10 +42,12 @@ impl WindowPool {
     fn take(&self, cap: usize) -> Vec<u8> {
         if let Ok(mut retired) = self.retired.lock() {
             while let Some(i) = retired.iter().position(Bytes::is_unique) {
-                if let Ok(m) = retired.swap_remove(i).try_into_mut() {
-                    let mut v = Vec::from(m);
+                if let Ok(mut m) = retired.swap_remove(i).try_into_mut() {
+                    // Emptied first: `Vec::from` moves the bytes to the
+                    // buffer's start. (`Bytes::clear` would free it.)
+                    m.clear();
+                    let v = Vec::from(m);
                     if v.capacity() >= cap {
-                        v.clear();
                         return v;
                     }
                 }
@@ -257,23 +259,24 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn async_chunks_are_the_slice_chunks() {
-        let cfg = ChunkerConfig::new(4096, 16384, 65536).unwrap();
-        let mut x = 0x2545_F491_4F6C_DD1Du64;
-        let data: Vec<u8> = (0..700_000)
+    /// `len` xorshift bytes from `seed`, zeros over `zeros`.
+    fn pseudo_random(len: usize, seed: u64, zeros: std::ops::Range<usize>) -> Vec<u8> {
+        let mut x = seed;
+        (0..len)
             .map(|i| {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                // A stretch of zeros forces chunks cut at max_size.
-                if (200_000..400_000).contains(&i) {
-                    0
-                } else {
-                    x as u8
-                }
+                if zeros.contains(&i) { 0 } else { x as u8 }
             })
-            .collect();
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn async_chunks_are_the_slice_chunks() {
+        let cfg = ChunkerConfig::new(4096, 16384, 65536).unwrap();
+        // A stretch of zeros forces chunks cut at max_size.
+        let data = pseudo_random(700_000, 0x2545_F491_4F6C_DD1D, 200_000..400_000);
         for (len, step) in [
             (0, 7),
             (100, 1),
@@ -347,15 +350,7 @@ mod tests {
     #[tokio::test]
     async fn a_window_is_reused_only_once_no_chunk_points_into_it() {
         let cfg = ChunkerConfig::new(4096, 16384, 65536).unwrap();
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let data: Vec<u8> = (0..600_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let data = pseudo_random(600_000, 0x9E37_79B9_7F4A_7C15, 0..0);
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f");
         std::fs::write(&p, &data).unwrap();

@@ -1068,13 +1068,13 @@ fn seal_pack(
 
 /// Writes every shard of a sealed pack to its backend, then records the
 /// pack and its blobs in the catalog (in that order).
-async fn upload_pack(t: &Tenant, id: PackId, sealed: SealedPack, moving: bool) -> Result<u64> {
+async fn upload_pack(t: &Tenant, id: PackId, pack: SealedPack, moving: bool) -> Result<u64> {
     let inner = &t.repo.inner;
     let SealedPack {
         enc,
         entries,
         data_len,
-    } = sealed;
+    } = pack;
     let tenant = t.name.as_str();
     let n = enc.shard_count();
     let targets = inner.placement.place(id.as_bytes(), n)?;
@@ -1110,12 +1110,15 @@ async fn upload_pack(t: &Tenant, id: PackId, sealed: SealedPack, moving: bool) -
         },
     ))
     .await?;
-    // Unique again once every upload has let go of its slice.
-    if let Ok(m) = uploaded_data.try_into_mut() {
+    // Unique again once every upload has let go of its slice. (Emptied
+    // first: `Vec::from` moves a `BytesMut`'s bytes to the buffer's start.)
+    if let Ok(mut m) = uploaded_data.try_into_mut() {
+        m.clear();
         inner.pack_bufs.give(Vec::from(m));
     }
     for b in uploaded_parity {
-        if let Ok(m) = b.try_into_mut() {
+        if let Ok(mut m) = b.try_into_mut() {
+            m.clear();
             inner.parity_bufs.give(Vec::from(m));
         }
     }
