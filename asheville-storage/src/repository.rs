@@ -97,8 +97,23 @@ impl LocalFile {
     /// Opens `path` (and reads it if it is at most [`READ_WHOLE_LIMIT`])
     /// in one blocking call.
     pub async fn open(path: std::path::PathBuf) -> Result<LocalFile> {
-        let shown = path.display().to_string();
-        tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+        let mut opened = Self::open_group(vec![path]).await?;
+        opened
+            .pop()
+            .ok_or_else(|| Error::new(ErrorKind::Other, "no file was opened"))?
+    }
+
+    /// Opens (and reads, when small) every file of `paths` in one blocking
+    /// call, in order: many small files cost one hop to tokio's blocking
+    /// pool and back, not one each. Each file has its own result.
+    pub async fn open_group(paths: Vec<std::path::PathBuf>) -> Result<Vec<Result<LocalFile>>> {
+        tokio::task::spawn_blocking(move || paths.into_iter().map(Self::open_blocking).collect())
+            .await
+            .map_err(join_err)
+    }
+
+    fn open_blocking(path: std::path::PathBuf) -> Result<LocalFile> {
+        let open = || -> std::io::Result<_> {
             use std::io::Read;
             let mut f = std::fs::File::open(&path)?;
             let m = f.metadata()?;
@@ -110,10 +125,10 @@ impl LocalFile {
             } else {
                 Ok(LocalFile::Stream { meta, file: f })
             }
+        };
+        open().map_err(|e| {
+            Error::io("cannot read local file", e).with_context("file", path.display())
         })
-        .await
-        .map_err(join_err)?
-        .map_err(|e| Error::io("cannot read local file", e).with_context("file", shown))
     }
 }
 
@@ -572,9 +587,14 @@ impl std::fmt::Debug for Tenant {
     }
 }
 
-/// Chunks waiting to be sealed into an open pack at most; they are sealed
-/// as they come, so the read windows they point into are freed early.
+/// Handfuls of chunks waiting to be sealed into an open pack at most; they
+/// are sealed as they come, so the read windows they point into are freed
+/// early.
 const SEAL_QUEUE: usize = 4;
+
+/// Chunks go to the sealing thread in handfuls of about this many bytes, so
+/// that a run of small files does not wake it once per chunk.
+const SEAL_HANDFUL: usize = 1 << 20;
 
 /// A pack being filled: a thread of its own seals each chunk into the pack
 /// buffer as it arrives, so that chunking + hashing (the writer's task) and
@@ -584,9 +604,33 @@ const SEAL_QUEUE: usize = 4;
 /// may need.)
 struct OpenPack {
     id: PackId,
-    tx: tokio::sync::mpsc::Sender<(ChunkId, Bytes)>,
+    tx: tokio::sync::mpsc::Sender<Vec<(ChunkId, Bytes)>>,
+    /// Chunks not yet sent to the sealing thread, and their bytes.
+    handful: Vec<(ChunkId, Bytes)>,
+    handful_bytes: usize,
     sealing: tokio::sync::oneshot::Receiver<Result<SealedPack>>,
     permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl OpenPack {
+    /// Sends the chunks gathered so far to the sealing thread; an error
+    /// means that thread stopped early (see [`OpenPack::failure`]).
+    async fn send_handful(&mut self) -> std::result::Result<(), ()> {
+        if self.handful.is_empty() {
+            return Ok(());
+        }
+        self.handful_bytes = 0;
+        let handful = std::mem::take(&mut self.handful);
+        self.tx.send(handful).await.map_err(|_| ())
+    }
+
+    /// Why the sealing thread stopped before its pack was closed.
+    async fn failure(self) -> Error {
+        match sealed(self.sealing).await {
+            Err(e) => e,
+            Ok(_) => Error::new(ErrorKind::Other, "the pack sealing thread stopped"),
+        }
+    }
 }
 
 /// The sealed pack from its sealing thread.
@@ -639,16 +683,14 @@ impl<'a> PackWriter<'a> {
             return Ok(());
         }
         let len = chunk.len();
-        let open = match self.open.take() {
+        let mut open = match self.open.take() {
             Some(open) => open,
             None => self.open_pack().await?,
         };
-        if open.tx.send((id, chunk)).await.is_err() {
-            // The sealing thread stopped early: it failed.
-            return Err(match sealed(open.sealing).await {
-                Err(e) => e,
-                Ok(_) => Error::new(ErrorKind::Other, "the pack sealing thread stopped"),
-            });
+        open.handful.push((id, chunk));
+        open.handful_bytes += len;
+        if open.handful_bytes >= SEAL_HANDFUL && open.send_handful().await.is_err() {
+            return Err(open.failure().await);
         }
         self.open = Some(open);
         self.bytes += len + asheville_core::seal::OVERHEAD;
@@ -689,6 +731,8 @@ impl<'a> PackWriter<'a> {
         Ok(OpenPack {
             id,
             tx,
+            handful: Vec::new(),
+            handful_bytes: 0,
             sealing,
             permit,
         })
@@ -696,15 +740,19 @@ impl<'a> PackWriter<'a> {
 
     /// Closes the open pack and starts its upload.
     async fn flush(&mut self) -> Result<()> {
-        let Some(OpenPack {
+        let Some(mut open) = self.open.take() else {
+            return Ok(());
+        };
+        if open.send_handful().await.is_err() {
+            return Err(open.failure().await);
+        }
+        let OpenPack {
             id,
             tx,
             sealing,
             permit,
-        }) = self.open.take()
-        else {
-            return Ok(());
-        };
+            ..
+        } = open;
         drop(tx);
         self.bytes = 0;
         let t = self.t.clone();
@@ -1034,20 +1082,22 @@ fn seal_pack(
     seal_key: &asheville_core::keys::SealKey,
     tenant: &str,
     id: PackId,
-    mut rx: tokio::sync::mpsc::Receiver<(ChunkId, Bytes)>,
+    mut rx: tokio::sync::mpsc::Receiver<Vec<(ChunkId, Bytes)>>,
 ) -> Result<SealedPack> {
     let inner = &repo.inner;
     // Room for the largest pack; a trailer of very many blobs may grow it.
     let mut data = inner.pack_bufs.take(0);
     let mut entries = Vec::new();
-    while let Some((cid, chunk)) = rx.blocking_recv() {
-        let offset = data.len() as u64;
-        sealer.seal_into(&cid, &chunk, &mut data)?;
-        entries.push(TrailerEntry {
-            id: cid,
-            offset,
-            len: (data.len() as u64 - offset) as u32,
-        });
+    while let Some(handful) = rx.blocking_recv() {
+        for (cid, chunk) in handful {
+            let offset = data.len() as u64;
+            sealer.seal_into(&cid, &chunk, &mut data)?;
+            entries.push(TrailerEntry {
+                id: cid,
+                offset,
+                len: (data.len() as u64 - offset) as u32,
+            });
+        }
     }
     pack::finish(&mut data, &id, tenant, seal_key, &entries)?;
     let data_len = data.len() as u64;

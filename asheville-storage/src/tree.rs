@@ -10,7 +10,14 @@ use crate::catalog::FileMeta;
 use crate::catalog::{Entry, FileVersion};
 use crate::error::{Error, ErrorKind, Result};
 use crate::path::RepoPath;
-use crate::repository::{LocalFile, Tenant, WHOLE_FILE_LIMIT};
+use crate::repository::{LocalFile, READ_WHOLE_LIMIT, Tenant, WHOLE_FILE_LIMIT};
+
+/// Files opened (and, when small, read) per blocking call of [`put_tree`].
+const OPEN_GROUP_FILES: usize = 64;
+/// Bytes of small files read per blocking call of [`put_tree`].
+const OPEN_GROUP_BYTES: u64 = 4 << 20;
+/// Groups of files read ahead of the one being chunked.
+const OPEN_GROUPS_AHEAD: usize = 3;
 
 /// Progress of a long operation; every method has a no-op default.
 pub trait Progress: Send + Sync {
@@ -177,14 +184,32 @@ pub async fn put_tree(
     progress.start(files.len() as u64, files.iter().map(|f| f.1).sum());
     let mut batch = t.batch();
     let mut done: Vec<(String, u64)> = Vec::new();
-    // Open (and read, when small) up to 16 files ahead of the one being
-    // chunked, so that many small files do not wait on one thread hop each.
-    let mut opened = futures::stream::iter(
-        files
-            .iter()
-            .map(|(rel, _, _)| LocalFile::open(root.join(rel))),
-    )
-    .buffered(16);
+    // Open (and read, when small) the files ahead of the one being
+    // chunked, in groups of up to OPEN_GROUP_FILES files or
+    // OPEN_GROUP_BYTES bytes per blocking call, so that many small files
+    // do not each wait on (and wake) a thread of their own.
+    let mut groups: Vec<Vec<PathBuf>> = Vec::new();
+    let mut group_bytes = 0u64;
+    for (rel, size, _) in &files {
+        let size = if *size <= READ_WHOLE_LIMIT { *size } else { 0 };
+        match groups.last_mut() {
+            Some(g) if g.len() < OPEN_GROUP_FILES && group_bytes + size <= OPEN_GROUP_BYTES => {
+                g.push(root.join(rel));
+                group_bytes += size;
+            }
+            _ => {
+                groups.push(vec![root.join(rel)]);
+                group_bytes = size;
+            }
+        }
+    }
+    let mut opened = futures::stream::iter(groups.into_iter().map(LocalFile::open_group))
+        .buffered(OPEN_GROUPS_AHEAD)
+        .map(|group| match group {
+            Ok(files) => futures::stream::iter(files).left_stream(),
+            Err(e) => futures::stream::iter([Err(e)]).right_stream(),
+        })
+        .flatten();
     for (rel, _, _) in &files {
         let remote_path = remote_of(rel)?;
         let file = opened
