@@ -12,7 +12,7 @@
 //! Knobs: `ASHEVILLE_BENCH_POLICIES="rs(4,2) none"` (space-separated; `rs(k,m)`
 //! gets k+m backends, `replicas(n)` n, `none` one) and `ASHEVILLE_BENCH_ZSTD`
 //! (`0` turns compression off, `N` uses level N; the default is the
-//! repository default, zstd level 1). The temp dir is `TMPDIR`'s: set
+//! repository default, zstd level 3). The temp dir is `TMPDIR`'s: set
 //! `TMPDIR=/dev/shm` to take the disk out of the figures.
 
 use std::path::{Path, PathBuf};

@@ -38,9 +38,11 @@ pub struct RepoConfig {
     /// Chunk sizes.
     #[serde(default)]
     pub chunker: ChunkerConfig,
-    /// Compression tried on every chunk (default zstd level 1: chunks that
+    /// Compression tried on every chunk (default zstd level 3: chunks that
     /// do not shrink are stored as they are, and large ones are sampled
-    /// first, so incompressible data costs about 1% extra).
+    /// first, so incompressible data costs about 1% extra). Level 3 made
+    /// the peers data set 1.5 MB (0.2%) smaller than level 1 at no
+    /// measurable cost in put time (issue 9's note).
     #[serde(default = "compression")]
     pub compression: Compression,
     /// Target pack size in bytes (default 16 MiB).
@@ -58,8 +60,9 @@ pub struct RepoConfig {
     pub kdf: KdfParams,
 }
 
+/// The level restic's `auto` compression is closest to.
 fn compression() -> Compression {
-    Compression::Zstd { level: 1 }
+    Compression::Zstd { level: 3 }
 }
 fn pack_size() -> usize {
     16 << 20

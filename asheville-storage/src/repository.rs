@@ -383,6 +383,17 @@ impl Repository {
             .collect())
     }
 
+    /// Gives the catalog's free space back to the filesystem when much of
+    /// it is free (a large write leaves pages of its transactions behind);
+    /// returns whether it did. [`crate::tree::put_tree`] and
+    /// [`Tenant::gc`] call it when they finish.
+    pub async fn compact_catalog(&self) -> Result<bool> {
+        let catalog = self.inner.catalog.clone();
+        tokio::task::spawn_blocking(move || catalog.compact())
+            .await
+            .map_err(join_err)?
+    }
+
     /// The configuration.
     pub fn config(&self) -> &RepoConfig {
         &self.inner.config
@@ -1306,6 +1317,11 @@ impl Tenant {
         self.keys.chunk_id(data)
     }
 
+    /// The repository this tenant lives in.
+    pub fn repository(&self) -> &Repository {
+        &self.repo
+    }
+
     /// The tenant's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -1569,6 +1585,7 @@ impl Tenant {
             report.packs_repacked += 1;
             report.packs_condemned += 1;
         }
+        self.repo.compact_catalog().await?;
         Ok(report)
     }
 

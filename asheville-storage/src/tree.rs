@@ -226,6 +226,7 @@ pub async fn put_tree(
     }
     batch.commit().await?;
     finish(&mut report, &mut done, progress);
+    t.repository().compact_catalog().await?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }

@@ -68,8 +68,16 @@ fn version_key(tenant: &str, path: &RepoPath, v: u64) -> Vec<u8> {
 /// The redb catalog.
 #[derive(Debug)]
 pub struct RedbCatalog {
-    db: Database,
+    /// Shared by every transaction; taken alone only to compact.
+    db: std::sync::RwLock<Database>,
+    path: std::path::PathBuf,
 }
+
+/// [`RedbCatalog::compact`] runs when at least this share of the file
+/// is free...
+const COMPACT_FREE_SHARE: f64 = 0.25;
+/// ...and at least this many bytes.
+const COMPACT_FREE_MIN: u64 = 1 << 20;
 
 impl RedbCatalog {
     /// Opens (or creates) the catalog file.
@@ -92,32 +100,68 @@ impl RedbCatalog {
         w.open_table(REFS)?;
         w.open_table(CONDEMNED)?;
         w.commit()?;
-        Ok(RedbCatalog { db })
+        Ok(RedbCatalog {
+            db: std::sync::RwLock::new(db),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The database, for one transaction to begin.
+    fn db(&self) -> Result<std::sync::RwLockReadGuard<'_, Database>> {
+        self.db
+            .read()
+            .map_err(|_| Error::new(ErrorKind::Other, "the catalog lock is poisoned"))
     }
 }
 
 impl Catalog for RedbCatalog {
+    fn compact(&self) -> Result<bool> {
+        let file = std::fs::metadata(&self.path)
+            .map_err(|e| Error::io("cannot stat the catalog", e))?
+            .len();
+        let used = {
+            let w = self.db()?.begin_write()?;
+            let stats = w.stats()?;
+            w.abort()?;
+            stats.allocated_pages() * stats.page_size() as u64
+        };
+        let free = file.saturating_sub(used);
+        if free < COMPACT_FREE_MIN || (free as f64) < file as f64 * COMPACT_FREE_SHARE {
+            return Ok(false);
+        }
+        let mut db = self
+            .db
+            .write()
+            .map_err(|_| Error::new(ErrorKind::Other, "the catalog lock is poisoned"))?;
+        match db.compact() {
+            Ok(done) => Ok(done),
+            // Another handle's transaction is open: next time.
+            Err(redb::CompactionError::TransactionInProgress) => Ok(false),
+            Err(e) => Err(Error::from(e).with_context("catalog", self.path.display())),
+        }
+    }
+
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let r = self.db.begin_read()?;
+        let r = self.db()?.begin_read()?;
         Ok(r.open_table(META)?.get(key)?.map(|v| v.value().to_vec()))
     }
 
     fn set_meta(&self, key: &str, value: &[u8]) -> Result<()> {
-        let w = self.db.begin_write()?;
+        let w = self.db()?.begin_write()?;
         w.open_table(META)?.insert(key, value)?;
         w.commit()?;
         Ok(())
     }
 
     fn tenant(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        let r = self.db.begin_read()?;
+        let r = self.db()?.begin_read()?;
         Ok(r.open_table(TENANTS)?
             .get(name)?
             .map(|v| v.value().to_vec()))
     }
 
     fn create_tenant(&self, name: &str, record: &[u8]) -> Result<()> {
-        let w = self.db.begin_write()?;
+        let w = self.db()?.begin_write()?;
         {
             let mut t = w.open_table(TENANTS)?;
             if t.get(name)?.is_some() {
@@ -131,14 +175,14 @@ impl Catalog for RedbCatalog {
     }
 
     fn blob(&self, tenant: &str, id: &ChunkId) -> Result<Option<BlobLoc>> {
-        let r = self.db.begin_read()?;
+        let r = self.db()?.begin_read()?;
         let t = r.open_table(BLOBS)?;
         let v = t.get(blob_key(tenant, id).as_slice())?;
         v.map(|v| dec(v.value())).transpose()
     }
 
     fn commit_pack(&self, pack: &PackRecord, blobs: &[(ChunkId, BlobLoc)]) -> Result<()> {
-        let w = self.db.begin_write()?;
+        let w = self.db()?.begin_write()?;
         {
             let mut p = w.open_table(PACKS)?;
             p.insert(pack.id.as_bytes().as_slice(), enc(pack)?.as_slice())?;
@@ -165,14 +209,14 @@ impl Catalog for RedbCatalog {
     }
 
     fn pack(&self, id: &PackId) -> Result<Option<PackRecord>> {
-        let r = self.db.begin_read()?;
+        let r = self.db()?.begin_read()?;
         let t = r.open_table(PACKS)?;
         let v = t.get(id.as_bytes().as_slice())?;
         v.map(|v| dec(v.value())).transpose()
     }
 
     fn packs(&self, after: Option<&PackId>, limit: usize) -> Result<Vec<PackRecord>> {
-        let r = self.db.begin_read()?;
+        let r = self.db()?.begin_read()?;
         let t = r.open_table(PACKS)?;
         let mut out = Vec::new();
         let range = match after {
@@ -197,7 +241,7 @@ impl Catalog for RedbCatalog {
             )
             .with_context("path", &f.path));
         }
-        let w = self.db.begin_write()?;
+        let w = self.db()?.begin_write()?;
         let mut out = Vec::with_capacity(files.len());
         {
             let blobs = w.open_table(BLOBS)?;
@@ -265,7 +309,7 @@ impl Catalog for RedbCatalog {
     }
 
     fn latest(&self, tenant: &str, path: &RepoPath) -> Result<Option<FileVersion>> {
-        let r = self.db.begin_read()?;
+        let r = self.db()?.begin_read()?;
         let files = r.open_table(FILES)?;
         let Some(head) = files.get(file_key(tenant, path).as_str())? else {
             return Ok(None);
@@ -280,14 +324,14 @@ impl Catalog for RedbCatalog {
     }
 
     fn version(&self, tenant: &str, path: &RepoPath, version: u64) -> Result<Option<FileVersion>> {
-        let r = self.db.begin_read()?;
+        let r = self.db()?.begin_read()?;
         let versions = r.open_table(VERSIONS)?;
         let v = versions.get(version_key(tenant, path, version).as_slice())?;
         v.map(|v| dec(v.value())).transpose()
     }
 
     fn versions(&self, tenant: &str, path: &RepoPath) -> Result<Vec<FileVersion>> {
-        let r = self.db.begin_read()?;
+        let r = self.db()?.begin_read()?;
         let versions = r.open_table(VERSIONS)?;
         let lo = version_key(tenant, path, 0);
         let hi = version_key(tenant, path, u64::MAX);
@@ -300,7 +344,7 @@ impl Catalog for RedbCatalog {
     }
 
     fn delete(&self, tenant: &str, path: &RepoPath) -> Result<()> {
-        let w = self.db.begin_write()?;
+        let w = self.db()?.begin_write()?;
         {
             let mut files = w.open_table(FILES)?;
             let fk = file_key(tenant, path);
@@ -352,7 +396,7 @@ impl Catalog for RedbCatalog {
             }
             None => key_prefix.clone(),
         };
-        let r = self.db.begin_read()?;
+        let r = self.db()?.begin_read()?;
         let files = r.open_table(FILES)?;
         let versions = r.open_table(VERSIONS)?;
         let mut page = ListPage::default();
@@ -408,7 +452,7 @@ impl Catalog for RedbCatalog {
     }
 
     fn forget_version(&self, tenant: &str, path: &RepoPath, version: u64) -> Result<()> {
-        let w = self.db.begin_write()?;
+        let w = self.db()?.begin_write()?;
         {
             let mut heads = w.open_table(FILES)?;
             let fk = file_key(tenant, path);
@@ -464,7 +508,7 @@ impl Catalog for RedbCatalog {
     }
 
     fn paths(&self, tenant: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
-        let r = self.db.begin_read()?;
+        let r = self.db()?.begin_read()?;
         let files = r.open_table(FILES)?;
         let prefix = format!("{tenant}\0");
         let start = match after {
@@ -486,7 +530,7 @@ impl Catalog for RedbCatalog {
     }
 
     fn blob_for_dedup(&self, tenant: &str, id: &ChunkId) -> Result<Option<BlobLoc>> {
-        let r = self.db.begin_read()?;
+        let r = self.db()?.begin_read()?;
         let t = r.open_table(BLOBS)?;
         let Some(v) = t.get(blob_key(tenant, id).as_slice())? else {
             return Ok(None);
@@ -500,7 +544,7 @@ impl Catalog for RedbCatalog {
     }
 
     fn commit_repacked(&self, pack: &PackRecord, blobs: &[(ChunkId, BlobLoc)]) -> Result<()> {
-        let w = self.db.begin_write()?;
+        let w = self.db()?.begin_write()?;
         {
             w.open_table(PACKS)?
                 .insert(pack.id.as_bytes().as_slice(), enc(pack)?.as_slice())?;
@@ -514,7 +558,7 @@ impl Catalog for RedbCatalog {
     }
 
     fn tenant_blobs(&self, tenant: &str) -> Result<Vec<(ChunkId, BlobLoc, u64)>> {
-        let r = self.db.begin_read()?;
+        let r = self.db()?.begin_read()?;
         let blobs = r.open_table(BLOBS)?;
         let refs = r.open_table(REFS)?;
         let mut prefix = tenant.as_bytes().to_vec();
@@ -534,7 +578,7 @@ impl Catalog for RedbCatalog {
     }
 
     fn condemn(&self, pack: &PackId, at_ns: i64) -> Result<()> {
-        let w = self.db.begin_write()?;
+        let w = self.db()?.begin_write()?;
         {
             let mut c = w.open_table(CONDEMNED)?;
             if c.get(pack.as_bytes().as_slice())?.is_none() {
@@ -546,7 +590,7 @@ impl Catalog for RedbCatalog {
     }
 
     fn condemned(&self, tenant: &str) -> Result<Vec<(PackId, i64)>> {
-        let r = self.db.begin_read()?;
+        let r = self.db()?.begin_read()?;
         let c = r.open_table(CONDEMNED)?;
         let packs = r.open_table(PACKS)?;
         let mut out = Vec::new();
@@ -564,7 +608,7 @@ impl Catalog for RedbCatalog {
     }
 
     fn sweep(&self, pack: &PackId) -> Result<bool> {
-        let w = self.db.begin_write()?;
+        let w = self.db()?.begin_write()?;
         let swept;
         {
             let mut packs = w.open_table(PACKS)?;
@@ -609,7 +653,7 @@ impl Catalog for RedbCatalog {
     }
 
     fn audit_refs(&self) -> Result<Vec<RefProblem>> {
-        let r = self.db.begin_read()?;
+        let r = self.db()?.begin_read()?;
         let versions = r.open_table(VERSIONS)?;
         let refs = r.open_table(REFS)?;
         let blobs = r.open_table(BLOBS)?;
@@ -656,7 +700,7 @@ impl Catalog for RedbCatalog {
     }
 
     fn refcount(&self, tenant: &str, id: &ChunkId) -> Result<u64> {
-        let r = self.db.begin_read()?;
+        let r = self.db()?.begin_read()?;
         let t = r.open_table(REFS)?;
         Ok(t.get(blob_key(tenant, id).as_slice())?
             .map(|v| v.value())
