@@ -10,6 +10,7 @@ use super::{BlobLoc, Catalog, Entry, FileVersion, ListPage, NewVersion, PackReco
 use crate::error::{Error, ErrorKind, Result};
 use crate::path::RepoPath;
 
+// Every table is also listed in `RedbCatalog::copied` (compaction).
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const TENANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("tenants");
 /// tenant \0 chunk id -> BlobLoc
@@ -73,8 +74,8 @@ pub struct RedbCatalog {
     path: std::path::PathBuf,
 }
 
-/// [`RedbCatalog::compact`] runs when at least this share of the file
-/// is free...
+/// [`RedbCatalog::compact`] rewrites the file when at least this share
+/// of it holds no row (free pages, and the empty part of pages)...
 const COMPACT_FREE_SHARE: f64 = 0.25;
 /// ...and at least this many bytes.
 const COMPACT_FREE_MIN: u64 = 1 << 20;
@@ -100,10 +101,60 @@ impl RedbCatalog {
         w.open_table(REFS)?;
         w.open_table(CONDEMNED)?;
         w.commit()?;
-        Ok(RedbCatalog {
+        let catalog = RedbCatalog {
             db: std::sync::RwLock::new(db),
             path: path.to_path_buf(),
-        })
+        };
+        // A copy left by a compaction that crashed before it took the
+        // catalog's name (the catalog is ours now: no one else is writing it).
+        let _ = std::fs::remove_file(catalog.compacting());
+        Ok(catalog)
+    }
+
+    /// Where [`Catalog::compact`] writes its copy.
+    fn compacting(&self) -> std::path::PathBuf {
+        self.path.with_extension("redb.compacting")
+    }
+
+    /// A copy of every table of `db`, inserted in key order into a fresh
+    /// file (so its pages are full, where random chunk ids leave a third
+    /// of each page empty), committed and trimmed.
+    fn copied(&self, db: &Database) -> Result<Database> {
+        // No transaction can begin while the caller holds the lock; this
+        // waits for a write begun before it.
+        let from = db.begin_write()?;
+        let tmp = self.compacting();
+        let _ = std::fs::remove_file(&tmp);
+        let copy = || -> Result<Database> {
+            let mut fresh = Database::create(&tmp)?;
+            let to = fresh.begin_write()?;
+            copy_table(&from, &to, META)?;
+            copy_table(&from, &to, TENANTS)?;
+            copy_table(&from, &to, BLOBS)?;
+            copy_table(&from, &to, REFS)?;
+            copy_table(&from, &to, PACKS)?;
+            copy_table(&from, &to, CONDEMNED)?;
+            copy_table(&from, &to, FILES)?;
+            copy_table(&from, &to, VERSIONS)?;
+            // A table this list forgot would be lost: refuse instead.
+            if from.list_tables()?.count() != 8 {
+                return Err(Error::new(
+                    ErrorKind::Other,
+                    "the catalog has a table compaction does not know",
+                ));
+            }
+            to.commit()?;
+            // Gives back the room the file grew by while being written
+            // (0.76 MB of 8.9 for the 1 GiB bench set, in ~7 ms).
+            fresh.compact()?;
+            Ok(fresh)
+        };
+        let fresh = copy();
+        from.abort()?;
+        if fresh.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        fresh.map_err(|e| e.with_context("catalog", self.path.display()))
     }
 
     /// The database, for one transaction to begin.
@@ -114,31 +165,59 @@ impl RedbCatalog {
     }
 }
 
+/// Copies every row of `table` from one transaction to another.
+fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    from: &redb::WriteTransaction,
+    to: &redb::WriteTransaction,
+    table: TableDefinition<K, V>,
+) -> Result<()> {
+    let src = from.open_table(table)?;
+    let mut dst = to.open_table(table)?;
+    for row in src.iter()? {
+        let (k, v) = row?;
+        dst.insert(k.value(), v.value())?;
+    }
+    Ok(())
+}
+
 impl Catalog for RedbCatalog {
     fn compact(&self) -> Result<bool> {
         let file = std::fs::metadata(&self.path)
             .map_err(|e| Error::io("cannot stat the catalog", e))?
             .len();
-        let used = {
+        let live = {
             let w = self.db()?.begin_write()?;
             let stats = w.stats()?;
             w.abort()?;
-            stats.allocated_pages() * stats.page_size() as u64
+            stats.stored_bytes() + stats.metadata_bytes()
         };
-        let free = file.saturating_sub(used);
-        if free < COMPACT_FREE_MIN || (free as f64) < file as f64 * COMPACT_FREE_SHARE {
+        // Free pages, and the unused part of half-full ones.
+        let slack = file.saturating_sub(live);
+        if slack < COMPACT_FREE_MIN || (slack as f64) < file as f64 * COMPACT_FREE_SHARE {
             return Ok(false);
         }
         let mut db = self
             .db
             .write()
             .map_err(|_| Error::new(ErrorKind::Other, "the catalog lock is poisoned"))?;
-        match db.compact() {
-            Ok(done) => Ok(done),
-            // Another handle's transaction is open: next time.
-            Err(redb::CompactionError::TransactionInProgress) => Ok(false),
-            Err(e) => Err(Error::from(e).with_context("catalog", self.path.display())),
+        let fresh = self.copied(&db)?;
+        // The copy is complete and durable: it takes the catalog's name
+        // (atomically; a crash leaves either file, both whole), and this
+        // handle carries on with it.
+        let renamed = std::fs::rename(self.compacting(), &self.path)
+            .map_err(|e| Error::io("cannot replace the catalog with its compacted copy", e));
+        if let Err(e) = renamed {
+            drop(fresh);
+            let _ = std::fs::remove_file(self.compacting());
+            return Err(e.with_context("catalog", self.path.display()));
         }
+        *db = fresh;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| Error::io("cannot sync the catalog's directory", e))?;
+        }
+        Ok(true)
     }
 
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
