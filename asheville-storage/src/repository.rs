@@ -1585,7 +1585,12 @@ impl Tenant {
             report.packs_repacked += 1;
             report.packs_condemned += 1;
         }
-        self.repo.compact_catalog().await?;
+        self.repo.compact_catalog().await.map_err(|e| {
+            e.with_context(
+                "note",
+                "the gc is done and committed; only compacting the catalog failed",
+            )
+        })?;
         Ok(report)
     }
 

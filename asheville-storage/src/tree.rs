@@ -226,7 +226,12 @@ pub async fn put_tree(
     }
     batch.commit().await?;
     finish(&mut report, &mut done, progress);
-    t.repository().compact_catalog().await?;
+    t.repository().compact_catalog().await.map_err(|e| {
+        e.with_context(
+            "note",
+            "every file was stored and committed; only compacting the catalog failed",
+        )
+    })?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
