@@ -922,6 +922,18 @@ async fn serve(
     Ok(())
 }
 
+/// What [`tune_malloc`] tunes glibc's malloc for.
+#[derive(Clone, Copy, PartialEq)]
+#[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
+enum MallocFor {
+    /// `put`: large short-lived buffers mapped and unmapped, two arenas.
+    Put,
+    /// `get`: chunk buffers kept on the heap, two arenas.
+    Get,
+    /// Everything else (the server among them): large buffers mapped.
+    Other,
+}
+
 /// glibc's malloc raises its mmap threshold as large buffers are freed, so
 /// the pipeline's pack and chunk buffers (1–16 MiB, short-lived) end up on
 /// the heap and stay there: a `put` of ~1 GiB peaked at ~330 MiB RSS.
@@ -929,7 +941,11 @@ async fn serve(
 /// For everything but `get`, a fixed 1 MiB threshold maps those buffers
 /// and unmaps them when freed: peak RSS of a put of the peers set 124–129
 /// MiB (152–166 MiB with the `get` setting below), at about the same speed
-/// on disk.
+/// on disk. A put also keeps to two arenas: small files are read on
+/// tokio's blocking threads and freed on the sealing threads, and each
+/// thread's arena held on to some of them (peers set, rs(2,1): 133–135 →
+/// 128–129 MiB; 1 GiB bench set rs(4,2) on tmpfs: wall median 2.26 →
+/// 2.02 s in the same noisy run).
 ///
 /// A restore is another matter: with a 1 MiB threshold each chunk buffer
 /// is mapped fresh (page faults and zeroing, ~20% of its profile). For
@@ -940,8 +956,8 @@ async fn serve(
 /// `/usr/bin/time -v`, in issue 9's note.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
-fn tune_malloc(restore: bool) {
-    let threshold = if restore {
+fn tune_malloc(work: MallocFor) {
+    let threshold = if work == MallocFor::Get {
         (4 << 20) + (64 << 10)
     } else {
         1 << 20
@@ -950,19 +966,23 @@ fn tune_malloc(restore: bool) {
     // the runtime starts, while main is the only thread.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, threshold);
-        if restore {
+        if work != MallocFor::Other {
             libc::mallopt(libc::M_ARENA_MAX, 2);
         }
     }
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn tune_malloc(_restore: bool) {}
+fn tune_malloc(_work: MallocFor) {}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Argument parsing starts no thread, so this still runs single-threaded.
-    tune_malloc(matches!(cli.cmd, Cmd::Get { .. }));
+    tune_malloc(match cli.cmd {
+        Cmd::Put { .. } => MallocFor::Put,
+        Cmd::Get { .. } => MallocFor::Get,
+        _ => MallocFor::Other,
+    });
     let result = match asheville_storage::runtime() {
         Ok(rt) => rt.block_on(run(&cli)),
         Err(e) => Err(Error::io("cannot start the async runtime", e)),
