@@ -339,27 +339,24 @@ pub async fn get_tree(
             }
         }
     }
-    // Two batches at once: one is read while the other is written.
-    let mut done =
+    // Small files, two batches at once (one is read while the other is
+    // written), alongside up to four large files streaming: the creation
+    // of many small files (filesystem CPU) overlaps the large files' reads
+    // and writes.
+    let small_done =
         futures::stream::iter(batches.into_iter().map(|b| restore_batch(t, b))).buffer_unordered(2);
+    let large_done = futures::stream::iter(large.into_iter().map(|(fv, dest)| async move {
+        restore_file(t, &fv, &dest).await?;
+        Ok::<_, Error>(vec![fv])
+    }))
+    .buffer_unordered(4);
+    let mut done = std::pin::pin!(futures::stream::select(small_done, large_done));
     while let Some(r) = done.next().await {
         for fv in r? {
             report.files += 1;
             report.bytes += fv.size;
             progress.file_done(&fv.path, fv.size);
         }
-    }
-    drop(done);
-    let mut results = futures::stream::iter(large.into_iter().map(|(fv, dest)| async move {
-        restore_file(t, &fv, &dest).await?;
-        Ok::<_, Error>(fv)
-    }))
-    .buffer_unordered(4);
-    while let Some(r) = results.next().await {
-        let fv = r?;
-        report.files += 1;
-        report.bytes += fv.size;
-        progress.file_done(&fv.path, fv.size);
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
