@@ -183,8 +183,15 @@ fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
 impl Catalog for RedbCatalog {
     fn compact(&self) -> Result<bool> {
         let file = std::fs::metadata(&self.path)
-            .map_err(|e| Error::io("cannot stat the catalog", e))?
-            .len();
+            .map_err(|e| Error::io("cannot stat the catalog", e))?;
+        // Bytes on disk, not the file's length: redb doubles its file when
+        // a commit needs room (the first commit after a compaction takes
+        // 8.2 MB to 16.4), and that tail is sparse until written. Counting
+        // it would copy the whole catalog again after every small put.
+        #[cfg(unix)]
+        let file = std::os::unix::fs::MetadataExt::blocks(&file) * 512;
+        #[cfg(not(unix))]
+        let file = file.len();
         let live = {
             let w = self.db()?.begin_write()?;
             let stats = w.stats()?;
