@@ -229,8 +229,8 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     fn refcount(&self, tenant: &str, id: &ChunkId) -> Result<u64>;
     /// Gives free space back to the filesystem when much of the store is
     /// free (as after a large write, whose transactions leave pages
-    /// behind); returns whether it did. A store with nothing to give back,
-    /// or busy with another transaction, does nothing and returns `false`.
+    /// behind); returns whether it did. A store with nothing (or too
+    /// little) to give back does nothing and returns `false`.
     fn compact(&self) -> Result<bool> {
         Ok(false)
     }
