@@ -182,8 +182,8 @@ fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
 
 impl Catalog for RedbCatalog {
     fn compact(&self) -> Result<bool> {
-        let file = std::fs::metadata(&self.path)
-            .map_err(|e| Error::io("cannot stat the catalog", e))?;
+        let file =
+            std::fs::metadata(&self.path).map_err(|e| Error::io("cannot stat the catalog", e))?;
         // Bytes on disk, not the file's length: redb doubles its file when
         // a commit needs room (the first commit after a compaction takes
         // 8.2 MB to 16.4), and that tail is sparse until written. Counting
