@@ -11,6 +11,18 @@
 
 use std::sync::Mutex;
 
+use bytes::Bytes;
+
+/// The buffer under `b`, emptied, if no other handle refers to it.
+///
+/// Emptied as a `BytesMut` first: `Vec::from` moves a `BytesMut`'s bytes to
+/// the buffer's start, and `Bytes::clear` would free the buffer instead.
+pub(crate) fn reclaim(b: Bytes) -> Option<Vec<u8>> {
+    let mut m = b.try_into_mut().ok()?;
+    m.clear();
+    Some(Vec::from(m))
+}
+
 /// See the module docs.
 #[derive(Debug)]
 pub(crate) struct BufPool {
@@ -39,6 +51,14 @@ impl BufPool {
             Some(idle.swap_remove(i))
         });
         found.unwrap_or_else(|| Vec::with_capacity(cap.max(self.floor)))
+    }
+
+    /// Gives the buffer under `b` back once no other handle refers to it
+    /// (see [`BufPool::give`]).
+    pub(crate) fn give_bytes(&self, b: Bytes) {
+        if let Some(buf) = reclaim(b) {
+            self.give(buf);
+        }
     }
 
     /// Gives a buffer back (dropped if smaller than the floor or if the

@@ -42,14 +42,10 @@ impl WindowPool {
     fn take(&self, cap: usize) -> Vec<u8> {
         if let Ok(mut retired) = self.retired.lock() {
             while let Some(i) = retired.iter().position(Bytes::is_unique) {
-                if let Ok(mut m) = retired.swap_remove(i).try_into_mut() {
-                    // Emptied first: `Vec::from` moves the bytes to the
-                    // buffer's start. (`Bytes::clear` would free it.)
-                    m.clear();
-                    let v = Vec::from(m);
-                    if v.capacity() >= cap {
-                        return v;
-                    }
+                if let Some(v) = crate::bufpool::reclaim(retired.swap_remove(i))
+                    && v.capacity() >= cap
+                {
+                    return v;
                 }
             }
         }

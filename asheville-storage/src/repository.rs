@@ -1171,17 +1171,10 @@ async fn upload_pack(t: &Tenant, id: PackId, pack: SealedPack, moving: bool) -> 
         },
     ))
     .await?;
-    // Unique again once every upload has let go of its slice. (Emptied
-    // first: `Vec::from` moves a `BytesMut`'s bytes to the buffer's start.)
-    if let Ok(mut m) = uploaded_data.try_into_mut() {
-        m.clear();
-        inner.pack_bufs.give(Vec::from(m));
-    }
+    // Unique again once every upload has let go of its slice.
+    inner.pack_bufs.give_bytes(uploaded_data);
     for b in uploaded_parity {
-        if let Ok(mut m) = b.try_into_mut() {
-            m.clear();
-            inner.parity_bufs.give(Vec::from(m));
-        }
+        inner.parity_bufs.give_bytes(b);
     }
     let record = PackRecord {
         id,
