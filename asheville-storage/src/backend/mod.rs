@@ -9,6 +9,8 @@ use bytes::Bytes;
 
 use crate::error::Result;
 
+#[cfg(target_os = "linux")]
+mod direct;
 mod faulty;
 mod objstore;
 mod remote;

@@ -95,6 +95,16 @@ pub struct ObjectStoreBackend {
     name: String,
     store: Arc<dyn ObjectStore>,
     prefix: Option<OsPath>,
+    /// Local directories with `fsync` on write around the page cache.
+    #[cfg(target_os = "linux")]
+    direct: Option<Direct>,
+}
+
+#[cfg(target_os = "linux")]
+#[derive(Debug, Clone)]
+struct Direct {
+    fs: Arc<object_store::local::LocalFileSystem>,
+    writer: Arc<super::direct::DirectWriter>,
 }
 
 impl std::fmt::Debug for ObjectStoreBackend {
@@ -110,6 +120,8 @@ impl ObjectStoreBackend {
             name: name.into(),
             store,
             prefix: None,
+            #[cfg(target_os = "linux")]
+            direct: None,
         }
     }
 
@@ -138,10 +150,21 @@ impl ObjectStoreBackend {
                         .with_context("backend", name)
                         .with_context("path", path.display())
                 })?;
-                let store = object_store::local::LocalFileSystem::new_with_prefix(path)
-                    .map_err(err)?
-                    .with_fsync(*fsync);
-                Ok(Self::new(name, Arc::new(store)))
+                let store = Arc::new(
+                    object_store::local::LocalFileSystem::new_with_prefix(path)
+                        .map_err(err)?
+                        .with_fsync(*fsync),
+                );
+                #[cfg_attr(not(target_os = "linux"), allow(unused_mut))]
+                let mut me = Self::new(name, store.clone());
+                #[cfg(target_os = "linux")]
+                if *fsync {
+                    me.direct = super::direct::DirectWriter::for_dir(path).map(|w| Direct {
+                        fs: store,
+                        writer: Arc::new(w),
+                    });
+                }
+                Ok(me)
             }
             BackendKind::Memory => Ok(Self::new(
                 name,
@@ -240,6 +263,21 @@ impl Backend for ObjectStoreBackend {
 
     async fn put(&self, key: &str, parts: Vec<Bytes>) -> Result<()> {
         let p = self.path(key)?;
+        #[cfg(target_os = "linux")]
+        if let Some(d) = &self.direct {
+            let dest =
+                d.fs.path_to_filesystem(&p)
+                    .map_err(|e| self.map_err(key, e))?;
+            let writer = d.writer.clone();
+            return tokio::task::spawn_blocking(move || writer.put(&dest, &parts))
+                .await
+                .map_err(|e| Error::new(ErrorKind::Other, "write task failed").set_source(e))?
+                .map_err(|e| {
+                    Error::io("cannot write object", e)
+                        .with_context("backend", &self.name)
+                        .with_context("key", key)
+                });
+        }
         let payload: PutPayload = parts.into_iter().collect();
         self.store
             .put(&p, payload)

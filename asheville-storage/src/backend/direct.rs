@@ -1,0 +1,294 @@
+//! Durable whole-object writes to a local directory that bypass the page
+//! cache (`O_DIRECT`, Linux).
+//!
+//! A local backend with `fsync` on waits for every shard to reach the disk
+//! anyway, so a buffered write only adds the kernel's copy into the page
+//! cache and its write-back work. On this project's test VM (ext4, virtio)
+//! writing 1.5 GB with `dd conv=fsync` took 1.6–3.6 s of system CPU buffered
+//! and 0.3–0.5 s with `oflag=direct`.
+//!
+//! The write keeps `object_store`'s `LocalFileSystem` contract exactly: the
+//! bytes go to a staged file `<dest>#<n>` (which `list` never shows), which
+//! is synced, renamed over `<dest>`, and then the directory is synced; so a
+//! reader sees the whole object or none of it, and a successful return is
+//! durable. `O_DIRECT` needs buffers, offsets and lengths aligned to the
+//! device's block; data is copied through an aligned bounce buffer (a user
+//! space copy, ~10× cheaper than the kernel's), the last block is padded
+//! with zeros and the file is cut back to its length. A filesystem that
+//! refuses `O_DIRECT` (`EINVAL`) gets the ordinary buffered write, and the
+//! backend stops trying. A directory on tmpfs or ramfs is written buffered
+//! from the start: there the page cache is the storage, and the bounce copy
+//! would only add to it (a put of the 1 GiB bench set on tmpfs: 1.78 s
+//! buffered, 1.88 s direct).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex};
+
+use bytes::Bytes;
+
+/// Alignment of buffers, offsets and lengths for `O_DIRECT`: 4 KiB covers
+/// both 512-byte and 4 KiB logical blocks.
+const ALIGN: usize = 4096;
+/// Bytes per `O_DIRECT` write. One stream of 1 MiB writes reaches the
+/// device's speed here (`dd oflag=direct`: 1.02 s for 1.5 GB at 1 MiB, 1.0 s
+/// at 4 MiB, 1.4 s at 256 KiB); with four streams 512 KiB does as well
+/// (CLI put of the 1 GiB bench set, rs(4,2), on ext4: medians 2.15 s at
+/// 512 KiB, 2.18 s at 256 KiB, 2.2–2.5 s at 1 MiB) with 2 MiB less in
+/// memory than 1 MiB buffers.
+const BOUNCE: usize = 512 << 10;
+/// Bounce buffers at most, process-wide: so many `O_DIRECT` writes run at
+/// once and the rest wait their turn. Four 1 MiB writes in flight keep the
+/// device busy, and a put with many shards in flight does not pay a buffer
+/// per shard in memory.
+const BOUNCES: usize = 4;
+
+/// Writes objects of one local backend.
+#[derive(Debug, Default)]
+pub(crate) struct DirectWriter {
+    /// Set the first time the filesystem refuses `O_DIRECT`.
+    refused: AtomicBool,
+}
+
+/// Idle bounce buffers, and how many exist.
+struct Bounces {
+    idle: Vec<Vec<u8>>,
+    made: usize,
+}
+
+static BOUNCE_POOL: Mutex<Bounces> = Mutex::new(Bounces {
+    idle: Vec::new(),
+    made: 0,
+});
+static BOUNCE_FREED: Condvar = Condvar::new();
+
+/// A bounce buffer: `BOUNCE` bytes at an `ALIGN`ed address inside `buf`.
+struct Bounce {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl Bounce {
+    /// Takes an idle buffer, makes one if fewer than `BOUNCES` exist, or
+    /// waits for one to be given back.
+    fn take() -> io::Result<Bounce> {
+        let poisoned = |_| io::Error::other("bounce buffer pool poisoned");
+        let mut pool = BOUNCE_POOL.lock().map_err(poisoned)?;
+        let buf = loop {
+            if let Some(buf) = pool.idle.pop() {
+                break buf;
+            }
+            if pool.made < BOUNCES {
+                pool.made += 1;
+                break vec![0; BOUNCE + ALIGN];
+            }
+            pool = BOUNCE_FREED.wait(pool).map_err(poisoned)?;
+        };
+        // Arithmetic on the address; no pointer is dereferenced.
+        let start = buf.as_ptr().align_offset(ALIGN);
+        Ok(Bounce { buf, start })
+    }
+
+    fn bytes(&mut self) -> &mut [u8] {
+        &mut self.buf[self.start..self.start + BOUNCE]
+    }
+}
+
+impl Drop for Bounce {
+    fn drop(&mut self) {
+        if let Ok(mut pool) = BOUNCE_POOL.lock() {
+            pool.idle.push(std::mem::take(&mut self.buf));
+            BOUNCE_FREED.notify_one();
+        }
+    }
+}
+
+impl DirectWriter {
+    /// A writer for the directory `dir`, or `None` where writing around the
+    /// page cache saves nothing (tmpfs, ramfs).
+    pub(crate) fn for_dir(dir: &Path) -> Option<DirectWriter> {
+        const TMPFS_MAGIC: u64 = 0x0102_1994;
+        const RAMFS_MAGIC: u64 = 0x8584_58f6;
+        let fs_type = rustix::fs::statfs(dir).ok()?.f_type as u64;
+        (fs_type != TMPFS_MAGIC && fs_type != RAMFS_MAGIC).then(DirectWriter::default)
+    }
+
+    /// Writes `parts` as the file `dest`: staged, synced, renamed, and the
+    /// directory synced. Blocking.
+    pub(crate) fn put(&self, dest: &Path, parts: &[Bytes]) -> io::Result<()> {
+        let (file, staged) = create_staged(dest)?;
+        let written = self.write(&file, &staged, parts).and_then(|()| {
+            file.sync_all()?;
+            drop(file);
+            std::fs::rename(&staged, dest)?;
+            sync_dir(dest.parent())
+        });
+        if written.is_err() {
+            let _ = std::fs::remove_file(&staged);
+        }
+        written
+    }
+
+    fn write(&self, mut file: &File, staged: &Path, parts: &[Bytes]) -> io::Result<()> {
+        if !self.refused.load(Ordering::Relaxed) {
+            match self.write_direct(staged, parts) {
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+                    // This filesystem (or its block size) does not take
+                    // our O_DIRECT writes: start over buffered.
+                    self.refused.store(true, Ordering::Relaxed);
+                    file.set_len(0)?;
+                }
+                done => return done,
+            }
+        }
+        parts.iter().try_for_each(|p| file.write_all(p))
+    }
+
+    fn write_direct(&self, staged: &Path, parts: &[Bytes]) -> io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+            .open(staged)?;
+        let total: usize = parts.iter().map(Bytes::len).sum();
+        let mut bounce = Bounce::take()?;
+        let buf = bounce.bytes();
+        let mut fill = 0;
+        for part in parts {
+            let mut rest = &part[..];
+            while !rest.is_empty() {
+                let n = rest.len().min(BOUNCE - fill);
+                buf[fill..fill + n].copy_from_slice(&rest[..n]);
+                fill += n;
+                rest = &rest[n..];
+                if fill == BOUNCE {
+                    file.write_all(buf)?;
+                    fill = 0;
+                }
+            }
+        }
+        if fill > 0 {
+            let padded = fill.next_multiple_of(ALIGN);
+            buf[fill..padded].fill(0);
+            file.write_all(&buf[..padded])?;
+            if padded != fill {
+                file.set_len(total as u64)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Creates `<dest>#<n>` for the first free `n` (the staging names
+/// `object_store`'s `LocalFileSystem` uses and hides from `list`), making
+/// and syncing missing parent directories.
+fn create_staged(dest: &Path) -> io::Result<(File, PathBuf)> {
+    let mut n = 1u32;
+    loop {
+        let mut name = dest.as_os_str().to_owned();
+        name.push(format!("#{n}"));
+        let staged = PathBuf::from(name);
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&staged)
+        {
+            Ok(f) => return Ok((f, staged)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => n += 1,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => create_parents(&staged)?,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Creates the missing directories above `path` and syncs each of them and
+/// the first one that existed, so their new entries are durable.
+fn create_parents(path: &Path) -> io::Result<()> {
+    let Some(parent) = path.parent() else {
+        return Err(io::Error::from(io::ErrorKind::NotFound));
+    };
+    let mut first = parent;
+    while !first.exists() {
+        match first.parent() {
+            Some(p) => first = p,
+            None => break,
+        }
+    }
+    std::fs::create_dir_all(parent)?;
+    let mut dir = parent;
+    loop {
+        sync_dir(Some(dir))?;
+        if dir == first {
+            return Ok(());
+        }
+        match dir.parent() {
+            Some(p) => dir = p,
+            None => return Ok(()),
+        }
+    }
+}
+
+fn sync_dir(dir: Option<&Path>) -> io::Result<()> {
+    match dir {
+        Some(d) => File::open(d)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(lens: &[usize]) -> Vec<Bytes> {
+        let mut seed = 7u8;
+        lens.iter()
+            .map(|&n| {
+                Bytes::from(
+                    (0..n)
+                        .map(|i| {
+                            seed = seed.wrapping_mul(31).wrapping_add(i as u8);
+                            seed
+                        })
+                        .collect::<Vec<u8>>(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn objects_of_every_awkward_length_read_back_whole_and_nothing_is_left_staged() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let w = DirectWriter::default();
+        let cases: &[&[usize]] = &[
+            &[],
+            &[0],
+            &[1],
+            &[ALIGN - 1],
+            &[ALIGN],
+            &[ALIGN + 1],
+            &[BOUNCE],
+            &[BOUNCE - 3, 5, ALIGN * 3 + 17],
+            &[BOUNCE + 1, BOUNCE * 2 + 100],
+        ];
+        for (i, lens) in cases.iter().enumerate() {
+            let dest = dir.path().join(format!("a/b{i}/obj"));
+            let p = parts(lens);
+            w.put(&dest, &p).expect("put");
+            let want: Vec<u8> = p.iter().flat_map(|b| b.iter().copied()).collect();
+            assert_eq!(std::fs::read(&dest).expect("read"), want, "case {lens:?}");
+            let names: Vec<_> = std::fs::read_dir(dest.parent().expect("parent"))
+                .expect("dir")
+                .map(|e| e.expect("entry").file_name())
+                .collect();
+            assert_eq!(names, vec![std::ffi::OsString::from("obj")]);
+        }
+        // Overwrite: the new bytes replace the old ones whole.
+        let dest = dir.path().join("a/b8/obj");
+        let p = parts(&[10]);
+        w.put(&dest, &p).expect("overwrite");
+        assert_eq!(std::fs::read(&dest).expect("read"), p[0].to_vec());
+    }
+}
