@@ -25,7 +25,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
@@ -39,11 +39,13 @@ const ALIGN: usize = 4096;
 /// 512 KiB, 2.18 s at 256 KiB, 2.2–2.5 s at 1 MiB) with 2 MiB less in
 /// memory than 1 MiB buffers.
 const BOUNCE: usize = 512 << 10;
-/// Bounce buffers at most, process-wide: so many `O_DIRECT` writes run at
-/// once and the rest wait their turn. Four 1 MiB writes in flight keep the
-/// device busy, and a put with many shards in flight does not pay a buffer
-/// per shard in memory.
-const BOUNCES: usize = 4;
+/// `O_DIRECT` writes at once, process-wide, each with its bounce buffer;
+/// the rest wait their turn without holding a blocking thread. Four keep
+/// the device busy, and a put with many shards in flight does not pay a
+/// buffer per shard in memory.
+const TURNS: usize = 4;
+static TURN: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(TURNS);
+static IDLE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
 /// Writes objects of one local backend.
 #[derive(Debug, Default)]
@@ -52,18 +54,6 @@ pub(crate) struct DirectWriter {
     refused: AtomicBool,
 }
 
-/// Idle bounce buffers, and how many exist.
-struct Bounces {
-    idle: Vec<Vec<u8>>,
-    made: usize,
-}
-
-static BOUNCE_POOL: Mutex<Bounces> = Mutex::new(Bounces {
-    idle: Vec::new(),
-    made: 0,
-});
-static BOUNCE_FREED: Condvar = Condvar::new();
-
 /// A bounce buffer: `BOUNCE` bytes at an `ALIGN`ed address inside `buf`.
 struct Bounce {
     buf: Vec<u8>,
@@ -71,24 +61,13 @@ struct Bounce {
 }
 
 impl Bounce {
-    /// Takes an idle buffer, makes one if fewer than `BOUNCES` exist, or
-    /// waits for one to be given back.
-    fn take() -> io::Result<Bounce> {
-        let poisoned = |_| io::Error::other("bounce buffer pool poisoned");
-        let mut pool = BOUNCE_POOL.lock().map_err(poisoned)?;
-        let buf = loop {
-            if let Some(buf) = pool.idle.pop() {
-                break buf;
-            }
-            if pool.made < BOUNCES {
-                pool.made += 1;
-                break vec![0; BOUNCE + ALIGN];
-            }
-            pool = BOUNCE_FREED.wait(pool).map_err(poisoned)?;
-        };
+    /// An idle buffer, or a new one (`TURN` bounds how many exist).
+    fn take() -> Bounce {
+        let idle = IDLE.lock().ok().and_then(|mut v| v.pop());
+        let buf = idle.unwrap_or_else(|| vec![0; BOUNCE + ALIGN]);
         // Arithmetic on the address; no pointer is dereferenced.
         let start = buf.as_ptr().align_offset(ALIGN);
-        Ok(Bounce { buf, start })
+        Bounce { buf, start }
     }
 
     fn bytes(&mut self) -> &mut [u8] {
@@ -98,9 +77,10 @@ impl Bounce {
 
 impl Drop for Bounce {
     fn drop(&mut self) {
-        if let Ok(mut pool) = BOUNCE_POOL.lock() {
-            pool.idle.push(std::mem::take(&mut self.buf));
-            BOUNCE_FREED.notify_one();
+        if let Ok(mut idle) = IDLE.lock()
+            && idle.len() < TURNS
+        {
+            idle.push(std::mem::take(&mut self.buf));
         }
     }
 }
@@ -115,9 +95,27 @@ impl DirectWriter {
         (fs_type != TMPFS_MAGIC && fs_type != RAMFS_MAGIC).then(DirectWriter::default)
     }
 
+    /// Writes `parts` as the file `dest` on tokio's blocking pool, once a
+    /// turn is free.
+    pub(crate) async fn put(self: Arc<Self>, dest: PathBuf, parts: Vec<Bytes>) -> io::Result<()> {
+        // The turn moves into the task: a put given up half-way still
+        // holds it until its thread is done with the buffer.
+        let turn = if self.refused.load(Ordering::Relaxed) {
+            None
+        } else {
+            Some(TURN.acquire().await.map_err(io::Error::other)?)
+        };
+        tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            self.put_blocking(&dest, &parts)
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
     /// Writes `parts` as the file `dest`: staged, synced, renamed, and the
-    /// directory synced. Blocking.
-    pub(crate) fn put(&self, dest: &Path, parts: &[Bytes]) -> io::Result<()> {
+    /// directory synced.
+    fn put_blocking(&self, dest: &Path, parts: &[Bytes]) -> io::Result<()> {
         let (file, staged) = create_staged(dest)?;
         let written = self.write(&file, &staged, parts).and_then(|()| {
             file.sync_all()?;
@@ -153,7 +151,7 @@ impl DirectWriter {
             .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
             .open(staged)?;
         let total: usize = parts.iter().map(Bytes::len).sum();
-        let mut bounce = Bounce::take()?;
+        let mut bounce = Bounce::take();
         let buf = bounce.bytes();
         let mut fill = 0;
         for part in parts {
@@ -276,7 +274,7 @@ mod tests {
         for (i, lens) in cases.iter().enumerate() {
             let dest = dir.path().join(format!("a/b{i}/obj"));
             let p = parts(lens);
-            w.put(&dest, &p).expect("put");
+            w.put_blocking(&dest, &p).expect("put");
             let want: Vec<u8> = p.iter().flat_map(|b| b.iter().copied()).collect();
             assert_eq!(std::fs::read(&dest).expect("read"), want, "case {lens:?}");
             let names: Vec<_> = std::fs::read_dir(dest.parent().expect("parent"))
@@ -288,7 +286,7 @@ mod tests {
         // Overwrite: the new bytes replace the old ones whole.
         let dest = dir.path().join("a/b8/obj");
         let p = parts(&[10]);
-        w.put(&dest, &p).expect("overwrite");
+        w.put_blocking(&dest, &p).expect("overwrite");
         assert_eq!(std::fs::read(&dest).expect("read"), p[0].to_vec());
     }
 }

@@ -268,15 +268,11 @@ impl Backend for ObjectStoreBackend {
             let dest =
                 d.fs.path_to_filesystem(&p)
                     .map_err(|e| self.map_err(key, e))?;
-            let writer = d.writer.clone();
-            return tokio::task::spawn_blocking(move || writer.put(&dest, &parts))
-                .await
-                .map_err(|e| Error::new(ErrorKind::Other, "write task failed").set_source(e))?
-                .map_err(|e| {
-                    Error::io("cannot write object", e)
-                        .with_context("backend", &self.name)
-                        .with_context("key", key)
-                });
+            return d.writer.clone().put(dest, parts).await.map_err(|e| {
+                Error::io("cannot write object", e)
+                    .with_context("backend", &self.name)
+                    .with_context("key", key)
+            });
         }
         let payload: PutPayload = parts.into_iter().collect();
         self.store
