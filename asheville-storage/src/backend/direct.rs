@@ -89,9 +89,10 @@ impl DirectWriter {
     /// A writer for the directory `dir`, or `None` where writing around the
     /// page cache saves nothing (tmpfs, ramfs).
     pub(crate) fn for_dir(dir: &Path) -> Option<DirectWriter> {
-        const TMPFS_MAGIC: u64 = 0x0102_1994;
-        const RAMFS_MAGIC: u64 = 0x8584_58f6;
-        let fs_type = rustix::fs::statfs(dir).ok()?.f_type as u64;
+        const TMPFS_MAGIC: u32 = 0x0102_1994;
+        const RAMFS_MAGIC: u32 = 0x8584_58f6;
+        // Magic numbers are 32 bits; `f_type` is 32 or 64 bits wide, signed.
+        let fs_type = rustix::fs::statfs(dir).ok()?.f_type as u32;
         (fs_type != TMPFS_MAGIC && fs_type != RAMFS_MAGIC).then(DirectWriter::default)
     }
 
