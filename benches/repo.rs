@@ -13,7 +13,9 @@
 //! gets k+m backends, `replicas(n)` n, `none` one) and `ASHEVILLE_BENCH_ZSTD`
 //! (`0` turns compression off, `N` uses level N; the default is the
 //! repository default, zstd level 3). The temp dir is `TMPDIR`'s: set
-//! `TMPDIR=/dev/shm` to take the disk out of the figures.
+//! `TMPDIR=/dev/shm` to take the disk out of the figures. On a disk the
+//! local backends write shards with `O_DIRECT`, so get reads them from the
+//! disk, not from the page cache.
 //!
 //! The temp dirs are removed only at the end, after every policy ran: on ext4
 //! without a journal the inode allocator skips each inode freed in the last
