@@ -419,34 +419,33 @@ async fn restore_batch(t: &Tenant, batch: Vec<(FileVersion, PathBuf)>) -> Result
     .map_err(|e| Error::io("cannot write restored file", e))
 }
 
-/// Writes the chunks of `fv` to `f` as they arrive (read ahead by the
+/// Writes the chunks of `fv` to `sink` as they arrive (read ahead by the
 /// stream), each chunk's buffer handed to a blocking write as it is: one
 /// write in flight, no copy into an intermediate buffer.
-async fn write_pieces(t: &Tenant, fv: &FileVersion, f: std::fs::File) -> Result<std::fs::File> {
+async fn write_pieces(
+    t: &Tenant,
+    fv: &FileVersion,
+    sink: DirectFile,
+) -> Result<(std::fs::File, bool)> {
     use futures::TryStreamExt;
-    let f = std::sync::Arc::new(f);
-    let mut pieces = t.restore_stream(fv)?;
-    let mut pending: Option<tokio::task::JoinHandle<std::io::Result<()>>> = None;
-    let wait = |h: tokio::task::JoinHandle<std::io::Result<()>>| async move {
+    let wait = |h: tokio::task::JoinHandle<std::io::Result<DirectFile>>| async move {
         h.await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)))
             .map_err(|e| Error::io("cannot write restored file", e))
     };
+    let mut pieces = t.restore_stream(fv)?;
+    let mut writing = tokio::task::spawn_blocking(move || Ok(sink));
     while let Some(piece) = pieces.try_next().await? {
-        if let Some(h) = pending.take() {
-            wait(h).await?;
-        }
-        let f = f.clone();
-        pending = Some(tokio::task::spawn_blocking(move || {
-            use std::io::Write;
-            (&*f).write_all(&piece)
-        }));
+        let mut sink = wait(writing).await?;
+        writing = tokio::task::spawn_blocking(move || {
+            sink.write(&piece)?;
+            Ok(sink)
+        });
     }
-    if let Some(h) = pending.take() {
-        wait(h).await?;
-    }
-    std::sync::Arc::try_unwrap(f)
-        .map_err(|_| Error::new(ErrorKind::Other, "restored file still in use"))
+    let sink = wait(writing).await?;
+    blocking(move || sink.finish())
+        .await
+        .map_err(|e| Error::io("cannot write restored file", e))
 }
 
 /// The temp name a file is restored under before it is renamed.
@@ -463,53 +462,61 @@ fn mtime_of(fv: &FileVersion) -> std::time::SystemTime {
     UNIX_EPOCH + Duration::from_nanos(fv.meta.mtime_ns.max(0) as u64)
 }
 
+/// Restores one file through a temp name. Files over
+/// [`BATCH_FILE_LIMIT`] are written around the page cache (`O_DIRECT`,
+/// Linux) unless the destination is on tmpfs or ramfs: on this project's
+/// test VM the kernel's copy into fresh page-cache pages ran at ~600 MB/s
+/// (`dd bs=4M` of 1 GiB, buffered: 1.76 s; `oflag=direct`: 0.83 s).
 async fn restore_file(t: &Tenant, fv: &FileVersion, dest: &Path) -> Result<()> {
     let tmp = partial_name(dest);
     let mtime = mtime_of(fv);
     let mode = fv.meta.mode;
-    let tmp_c = tmp.clone();
-    // Small files: read into memory, then create, write, set metadata and
-    // rename in one blocking call. Large files stream through a BufWriter.
-    let file = if fv.size <= WHOLE_FILE_LIMIT {
-        let mut data = Vec::with_capacity(fv.size as usize);
-        t.restore_version(fv, &mut data).await?;
-        let parent = dest.parent().map(Path::to_path_buf);
-        blocking(move || {
-            if let Some(parent) = parent {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::write(&tmp_c, &data)?;
-            std::fs::File::options().write(true).open(&tmp_c)
-        })
-        .await
-    } else {
-        if let Some(parent) = dest.parent() {
-            tokio::fs::create_dir_all(parent).await.map_err(|e| {
-                Error::io("cannot create directory", e).with_context("dir", parent.display())
-            })?;
+    let (tmp_c, parent) = (tmp.clone(), dest.parent().map(Path::to_path_buf));
+    let large = fv.size > BATCH_FILE_LIMIT;
+    let sink = blocking(move || {
+        let mut direct = false;
+        if let Some(parent) = parent {
+            std::fs::create_dir_all(&parent)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", parent.display())))?;
+            direct = large && direct_helps(&parent);
         }
-        let tmp_c = tmp.clone();
-        let f = blocking(move || std::fs::File::create(tmp_c))
+        DirectFile::new(std::fs::File::create(&tmp_c)?, &tmp_c, direct)
+    })
+    .await
+    .map_err(|e| Error::io("cannot create file", e).with_context("file", tmp.display()))?;
+    // Files up to WHOLE_FILE_LIMIT are read into memory and written in one
+    // blocking call; larger ones stream, one write in flight.
+    let written = if fv.size <= WHOLE_FILE_LIMIT {
+        let mut data = Vec::with_capacity(fv.size as usize);
+        match t.restore_version(fv, &mut data).await {
+            Ok(()) => blocking(move || {
+                let mut sink = sink;
+                sink.write(&data)?;
+                sink.finish()
+            })
             .await
-            .map_err(|e| Error::io("cannot create file", e).with_context("file", tmp.display()))?;
-        match write_pieces(t, fv, f).await {
-            Ok(f) => Ok(f),
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                return Err(e);
-            }
+            .map_err(|e| Error::io("cannot write file", e).with_context("file", tmp.display())),
+            Err(e) => Err(e),
+        }
+    } else {
+        write_pieces(t, fv, sink).await
+    };
+    let file = match written {
+        Ok((file, _)) => file,
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e);
         }
     };
-    let file =
-        file.map_err(|e| Error::io("cannot write file", e).with_context("file", tmp.display()))?;
     let (tmp_c, dest_c) = (tmp.clone(), dest.to_path_buf());
     blocking(move || {
         file.set_modified(mtime)?;
         #[cfg(unix)]
         if mode != 0 {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&tmp_c, std::fs::Permissions::from_mode(mode))?;
+            file.set_permissions(std::fs::Permissions::from_mode(mode))?;
         }
+        drop(file);
         std::fs::rename(&tmp_c, &dest_c)
     })
     .await
@@ -517,6 +524,31 @@ async fn restore_file(t: &Tenant, fv: &FileVersion, dest: &Path) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         Error::io("cannot finish restored file", e).with_context("file", dest.display())
     })
+}
+
+#[cfg(target_os = "linux")]
+use crate::backend::direct::{DirectFile, worth_it as direct_helps};
+
+#[cfg(not(target_os = "linux"))]
+fn direct_helps(_dir: &Path) -> bool {
+    false
+}
+
+/// Buffered writes where `O_DIRECT` is not on offer.
+#[cfg(not(target_os = "linux"))]
+struct DirectFile(std::fs::File);
+
+#[cfg(not(target_os = "linux"))]
+impl DirectFile {
+    fn new(file: std::fs::File, _path: &Path, _direct: bool) -> std::io::Result<DirectFile> {
+        Ok(DirectFile(file))
+    }
+    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        std::io::Write::write_all(&mut self.0, data)
+    }
+    fn finish(self) -> std::io::Result<(std::fs::File, bool)> {
+        Ok((self.0, false))
+    }
 }
 
 async fn blocking<T: Send + 'static>(

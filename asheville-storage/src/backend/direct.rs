@@ -47,6 +47,18 @@ const TURNS: usize = 4;
 static TURN: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(TURNS);
 static IDLE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
+/// Whether writing around the page cache can pay off in `dir`: not on
+/// tmpfs or ramfs (where the page cache is the storage), nor where the
+/// filesystem cannot be asked.
+pub(crate) fn worth_it(dir: &Path) -> bool {
+    const TMPFS_MAGIC: u32 = 0x0102_1994;
+    const RAMFS_MAGIC: u32 = 0x8584_58f6;
+    // Magic numbers are 32 bits; `f_type` is 32 or 64 bits wide, signed.
+    rustix::fs::statfs(dir)
+        .map(|s| s.f_type as u32)
+        .is_ok_and(|t| t != TMPFS_MAGIC && t != RAMFS_MAGIC)
+}
+
 /// Writes objects of one local backend.
 #[derive(Debug, Default)]
 pub(crate) struct DirectWriter {
@@ -89,11 +101,7 @@ impl DirectWriter {
     /// A writer for the directory `dir`, or `None` where writing around the
     /// page cache saves nothing (tmpfs, ramfs).
     pub(crate) fn for_dir(dir: &Path) -> Option<DirectWriter> {
-        const TMPFS_MAGIC: u32 = 0x0102_1994;
-        const RAMFS_MAGIC: u32 = 0x8584_58f6;
-        // Magic numbers are 32 bits; `f_type` is 32 or 64 bits wide, signed.
-        let fs_type = rustix::fs::statfs(dir).ok()?.f_type as u32;
-        (fs_type != TMPFS_MAGIC && fs_type != RAMFS_MAGIC).then(DirectWriter::default)
+        worth_it(dir).then(DirectWriter::default)
     }
 
     /// Writes `parts` as the file `dest` on tokio's blocking pool, once a
@@ -130,54 +138,134 @@ impl DirectWriter {
         written
     }
 
-    fn write(&self, mut file: &File, staged: &Path, parts: &[Bytes]) -> io::Result<()> {
-        if !self.refused.load(Ordering::Relaxed) {
-            match self.write_direct(staged, parts) {
-                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
-                    // This filesystem (or its block size) does not take
-                    // our O_DIRECT writes: start over buffered.
-                    self.refused.store(true, Ordering::Relaxed);
-                    file.set_len(0)?;
-                }
-                done => return done,
-            }
+    fn write(&self, file: &File, staged: &Path, parts: &[Bytes]) -> io::Result<()> {
+        let direct = !self.refused.load(Ordering::Relaxed);
+        let mut w = DirectFile::new(file.try_clone()?, staged, direct)?;
+        for p in parts {
+            w.write(p)?;
         }
-        parts.iter().try_for_each(|p| file.write_all(p))
+        if w.finish()?.1 {
+            // This filesystem (or its block size) does not take our
+            // O_DIRECT writes: the rest of this backend's are buffered.
+            self.refused.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+/// A file written sequentially around the page cache where the filesystem
+/// allows it: bytes are gathered in an aligned bounce buffer and written
+/// with `O_DIRECT` a whole buffer at a time; the last block is padded with
+/// zeros and the file cut back to its length. A filesystem that refuses
+/// `O_DIRECT` (`EINVAL`, at open or at the first write) gets ordinary
+/// buffered writes from where the direct ones stopped, so no byte is lost
+/// or written twice.
+pub(crate) struct DirectFile {
+    /// The file as opened by the caller (buffered); returned by `finish`.
+    file: File,
+    /// A second handle with `O_DIRECT`, and the bounce buffer, while direct
+    /// writes work.
+    direct: Option<(File, Bounce)>,
+    /// Bytes in the bounce buffer.
+    fill: usize,
+    /// Bytes written so far (direct and buffered).
+    len: u64,
+    /// Direct writes were tried and refused.
+    refused: bool,
+}
+
+impl DirectFile {
+    /// Writes to `file`, an empty file open for writing at `path`; around
+    /// the page cache if `direct`.
+    pub(crate) fn new(file: File, path: &Path, direct: bool) -> io::Result<DirectFile> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut refused = false;
+        let direct = if direct {
+            match OpenOptions::new()
+                .write(true)
+                .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+                .open(path)
+            {
+                Ok(f) => Some((f, Bounce::take())),
+                Err(e) if is_inval(&e) => {
+                    refused = true;
+                    None
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
+        Ok(DirectFile {
+            file,
+            direct,
+            fill: 0,
+            len: 0,
+            refused,
+        })
     }
 
-    fn write_direct(&self, staged: &Path, parts: &[Bytes]) -> io::Result<()> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut file = OpenOptions::new()
-            .write(true)
-            .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
-            .open(staged)?;
-        let total: usize = parts.iter().map(Bytes::len).sum();
-        let mut bounce = Bounce::take();
-        let buf = bounce.bytes();
-        let mut fill = 0;
-        for part in parts {
-            let mut rest = &part[..];
-            while !rest.is_empty() {
-                let n = rest.len().min(BOUNCE - fill);
-                buf[fill..fill + n].copy_from_slice(&rest[..n]);
-                fill += n;
-                rest = &rest[n..];
-                if fill == BOUNCE {
-                    file.write_all(buf)?;
-                    fill = 0;
-                }
-            }
-        }
-        if fill > 0 {
-            let padded = fill.next_multiple_of(ALIGN);
-            buf[fill..padded].fill(0);
-            file.write_all(&buf[..padded])?;
-            if padded != fill {
-                file.set_len(total as u64)?;
+    /// Appends `data`.
+    pub(crate) fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            let Some((_, bounce)) = &mut self.direct else {
+                self.file.write_all(data)?;
+                self.len += data.len() as u64;
+                return Ok(());
+            };
+            let n = data.len().min(BOUNCE - self.fill);
+            bounce.bytes()[self.fill..self.fill + n].copy_from_slice(&data[..n]);
+            self.fill += n;
+            data = &data[n..];
+            if self.fill == BOUNCE {
+                self.flush_bounce(BOUNCE)?;
             }
         }
         Ok(())
     }
+
+    /// Writes the bounce buffer's first `upto` bytes (a multiple of
+    /// `ALIGN`) with `O_DIRECT`, or, if refused, its `fill` bytes buffered.
+    fn flush_bounce(&mut self, upto: usize) -> io::Result<()> {
+        let Some((f, bounce)) = &mut self.direct else {
+            return Ok(());
+        };
+        match f.write_all(&bounce.bytes()[..upto]) {
+            Ok(()) => {}
+            Err(e) if is_inval(&e) => {
+                use std::io::{Seek, SeekFrom};
+                self.file.seek(SeekFrom::Start(self.len))?;
+                self.file.write_all(&bounce.bytes()[..self.fill])?;
+                self.direct = None;
+                self.refused = true;
+            }
+            Err(e) => return Err(e),
+        }
+        self.len += self.fill as u64;
+        self.fill = 0;
+        Ok(())
+    }
+
+    /// Writes what is left and gives the file back, with whether direct
+    /// writes were refused along the way.
+    pub(crate) fn finish(mut self) -> io::Result<(File, bool)> {
+        if self.fill > 0
+            && let Some((_, bounce)) = &mut self.direct
+        {
+            let padded = self.fill.next_multiple_of(ALIGN);
+            let fill = self.fill;
+            bounce.bytes()[fill..padded].fill(0);
+            self.flush_bounce(padded)?;
+            if self.direct.is_some() && padded != fill {
+                self.file.set_len(self.len)?;
+            }
+        }
+        Ok((self.file, self.refused))
+    }
+}
+
+fn is_inval(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error())
 }
 
 /// Creates `<dest>#<n>` for the first free `n` (the staging names
@@ -289,5 +377,38 @@ mod tests {
         let p = parts(&[10]);
         w.put_blocking(&dest, &p).expect("overwrite");
         assert_eq!(std::fs::read(&dest).expect("read"), p[0].to_vec());
+    }
+
+    #[test]
+    fn a_file_written_piece_by_piece_reads_back_whole_at_its_length() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // Pieces that straddle the bounce buffer and the alignment in every
+        // way, written around the page cache and (as a filesystem that
+        // refuses O_DIRECT would be) buffered.
+        let cases: &[&[usize]] = &[
+            &[],
+            &[1],
+            &[ALIGN, 1],
+            &[BOUNCE - 1, 1, 1],
+            &[3, BOUNCE, ALIGN - 3, 7],
+            &[BOUNCE * 2, BOUNCE * 2 + ALIGN + 5],
+        ];
+        for direct in [true, false] {
+            for (i, lens) in cases.iter().enumerate() {
+                let path = dir.path().join(format!("f-{direct}-{i}"));
+                let file = File::create(&path).expect("create");
+                let mut w = DirectFile::new(file, &path, direct).expect("open");
+                let p = parts(lens);
+                for piece in &p {
+                    w.write(piece).expect("write");
+                }
+                // Refused or not (tmpfs before Linux 6.6), the bytes are whole.
+                let (file, _refused) = w.finish().expect("finish");
+                let want: Vec<u8> = p.iter().flat_map(|b| b.iter().copied()).collect();
+                assert_eq!(file.metadata().expect("stat").len(), want.len() as u64);
+                drop(file);
+                assert_eq!(std::fs::read(&path).expect("read"), want, "case {lens:?}");
+            }
+        }
     }
 }

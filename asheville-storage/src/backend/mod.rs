@@ -10,7 +10,7 @@ use bytes::Bytes;
 use crate::error::Result;
 
 #[cfg(target_os = "linux")]
-mod direct;
+pub(crate) mod direct;
 mod faulty;
 mod objstore;
 mod remote;

@@ -599,7 +599,7 @@ fn small_file_tree(dir: &std::path::Path, n: usize) -> std::path::PathBuf {
         )
         .unwrap();
     }
-    std::fs::write(src.join("large"), random(3_000_000, 99)).unwrap();
+    std::fs::write(src.join("large"), random(5_000_001, 99)).unwrap();
     src
 }
 
