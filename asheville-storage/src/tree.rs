@@ -388,24 +388,31 @@ async fn restore_batch(t: &Tenant, batch: Vec<(FileVersion, PathBuf)>) -> Result
     blocking(move || {
         let mut written = Vec::with_capacity(files.len());
         for (fv, dest, data) in files {
-            let tmp = partial_name(&dest);
-            let r = (|| {
-                use std::io::Write;
-                let mut f = std::fs::File::create(&tmp)?;
-                for c in &data {
-                    f.write_all(c)?;
+            let r = Landing::create(&dest).and_then(|mut landing| {
+                let r = (|| {
+                    use std::io::Write;
+                    for c in &data {
+                        landing.file.write_all(c)?;
+                    }
+                    landing.file.set_modified(mtime_of(&fv))?;
+                    #[cfg(unix)]
+                    if fv.meta.mode != 0 {
+                        use std::os::unix::fs::PermissionsExt;
+                        landing
+                            .file
+                            .set_permissions(std::fs::Permissions::from_mode(fv.meta.mode))?;
+                    }
+                    Ok(())
+                })();
+                match r {
+                    Ok(()) => landing.land(&dest),
+                    Err(e) => {
+                        landing.abandon();
+                        Err(e)
+                    }
                 }
-                f.set_modified(mtime_of(&fv))?;
-                #[cfg(unix)]
-                if fv.meta.mode != 0 {
-                    use std::os::unix::fs::PermissionsExt;
-                    f.set_permissions(std::fs::Permissions::from_mode(fv.meta.mode))?;
-                }
-                drop(f);
-                std::fs::rename(&tmp, &dest)
-            })();
+            });
             if let Err(e) = r {
-                let _ = std::fs::remove_file(&tmp);
                 return Err(std::io::Error::new(
                     e.kind(),
                     format!("{}: {e}", dest.display()),
@@ -446,6 +453,104 @@ async fn write_pieces(
     blocking(move || sink.finish())
         .await
         .map_err(|e| Error::io("cannot write restored file", e))
+}
+
+/// A restored file while it is written: on Linux an unnamed file in its
+/// directory (`O_TMPFILE`) that gets its name once whole, with one
+/// directory update instead of the three of a named temp file created and
+/// renamed (restoring 20,000 small files on ext4 spent ~20% of its CPU in
+/// those updates). Elsewhere, or where the filesystem has no `O_TMPFILE`,
+/// the temp name ([`partial_name`]) renamed over the real one. Either
+/// way, nothing appears under the real name before all of it is written.
+struct Landing {
+    file: std::fs::File,
+    /// The temp name, if the file has one.
+    tmp: Option<PathBuf>,
+}
+
+impl Landing {
+    fn create(dest: &Path) -> std::io::Result<Landing> {
+        #[cfg(target_os = "linux")]
+        if let Some(file) = dest.parent().and_then(unnamed_file) {
+            return Ok(Landing { file, tmp: None });
+        }
+        let tmp = partial_name(dest);
+        Ok(Landing {
+            file: std::fs::File::create(&tmp)?,
+            tmp: Some(tmp),
+        })
+    }
+
+    /// Gives the written file its name, replacing a file already there.
+    fn land(self, dest: &Path) -> std::io::Result<()> {
+        let Landing { file, tmp } = self;
+        let tmp = match tmp {
+            Some(tmp) => tmp,
+            #[cfg(target_os = "linux")]
+            None => {
+                use std::os::fd::AsRawFd;
+                let me = format!("/proc/self/fd/{}", file.as_raw_fd());
+                let link = |to: &Path| {
+                    rustix::fs::linkat(
+                        rustix::fs::CWD,
+                        me.as_str(),
+                        rustix::fs::CWD,
+                        to,
+                        rustix::fs::AtFlags::SYMLINK_FOLLOW,
+                    )
+                };
+                match link(dest) {
+                    Ok(()) => return Ok(()),
+                    // A file is there already (a restore over an earlier
+                    // one): named, then renamed over it, atomically.
+                    Err(rustix::io::Errno::EXIST) => {
+                        let tmp = partial_name(dest);
+                        match link(&tmp) {
+                            Ok(()) => tmp,
+                            Err(rustix::io::Errno::EXIST) => {
+                                std::fs::remove_file(&tmp)?;
+                                link(&tmp)?;
+                                tmp
+                            }
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            #[cfg(not(target_os = "linux"))]
+            None => return Err(std::io::Error::other("an unnamed file outside Linux")),
+        };
+        drop(file);
+        std::fs::rename(&tmp, dest).inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+    }
+
+    /// Drops a file that will not be finished.
+    fn abandon(self) {
+        if let Some(tmp) = self.tmp {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+/// An unnamed file in `dir` (`O_TMPFILE`), if the filesystem makes them
+/// and `/proc/self/fd` is there to give it a name by.
+#[cfg(target_os = "linux")]
+fn unnamed_file(dir: &Path) -> Option<std::fs::File> {
+    static PROC_FD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if !*PROC_FD.get_or_init(|| Path::new("/proc/self/fd").is_dir()) {
+        return None;
+    }
+    use rustix::fs::{Mode, OFlags};
+    rustix::fs::open(
+        dir,
+        OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o666),
+    )
+    .ok()
+    .map(std::fs::File::from)
 }
 
 /// The temp name a file is restored under before it is renamed.

@@ -700,6 +700,46 @@ async fn restoring_many_small_files_reads_in_batches_and_survives_two_lost_backe
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_over_an_earlier_one_replaces_every_file_and_leaves_no_temp_names() {
+    use std::os::unix::fs::PermissionsExt;
+
+    use asheville_storage::tree::{NoProgress, PutOptions, get_tree, put_tree};
+    let dir = tempfile::tempdir().unwrap();
+    let (_repo, t) = temp_repo(dir.path(), 3, "rs(2,1)", |_| {}).await;
+    let src = small_file_tree(dir.path(), 40);
+    put_tree(&t, &src, "/tree", PutOptions::default(), &NoProgress)
+        .await
+        .unwrap();
+    let out = dir.path().join("out");
+    get_tree(&t, "/tree", &out, &NoProgress).await.unwrap();
+    assert_same_tree(&src, &out);
+    // Damage the restored tree: changed bytes, a changed mode, and the
+    // temp name a crashed restore could have left next to a file.
+    std::fs::write(out.join("d0/f0"), b"changed").unwrap();
+    std::fs::write(out.join("large"), b"short").unwrap();
+    std::fs::set_permissions(out.join("d1/f1"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::write(out.join("d2/.f2.asheville-partial"), b"stale").unwrap();
+    let r = get_tree(&t, "/tree", &out, &NoProgress).await.unwrap();
+    assert_eq!(r.files, 41);
+    assert_same_tree(&src, &out);
+    let mut stack = vec![out.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                assert!(
+                    !p.to_string_lossy().ends_with(".asheville-partial"),
+                    "{} left behind",
+                    p.display()
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tree_restore_leaves_the_read_cache_alone() {
     use asheville_storage::tree::{NoProgress, PutOptions, get_tree, put_tree};
     let dir = tempfile::tempdir().unwrap();
