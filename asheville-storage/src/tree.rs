@@ -246,9 +246,11 @@ fn finish(report: &mut TreeReport, done: &mut Vec<(String, u64)>, progress: &dyn
 }
 
 /// Restores `remote` (a file or a directory tree) to `local`, with each
-/// file's mtime and permissions. Files are written to a temporary name and
-/// renamed, so a failed restore never leaves a half-written file under the
-/// real name.
+/// file's mtime and permissions. Each file is written unnamed
+/// (`O_TMPFILE`) or under a temporary name and gets its real name only
+/// once whole, so a failed restore never leaves a half-written file under
+/// the real name. Files over 1 MiB are written around the page cache
+/// (`O_DIRECT`) unless `local` is on tmpfs or ramfs.
 pub async fn get_tree(
     t: &Tenant,
     remote: &str,
