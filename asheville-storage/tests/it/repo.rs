@@ -699,20 +699,33 @@ async fn restoring_many_small_files_reads_in_batches_and_survives_two_lost_backe
     }
 }
 
+/// A repository (`rs(2,1)`, a read cache of `cache_bytes`) holding
+/// [`small_file_tree`] of `n` files under `/tree`, restored once to `out`
+/// and checked: (repository, tenant, source, out).
+async fn stored_and_restored(
+    dir: &std::path::Path,
+    n: usize,
+    cache_bytes: usize,
+) -> (Repository, Tenant, std::path::PathBuf, std::path::PathBuf) {
+    use asheville_storage::tree::{NoProgress, PutOptions, get_tree, put_tree};
+    let (repo, t) = temp_repo(dir, 3, "rs(2,1)", |c| c.cache_bytes = cache_bytes).await;
+    let src = small_file_tree(dir, n);
+    put_tree(&t, &src, "/tree", PutOptions::default(), &NoProgress)
+        .await
+        .unwrap();
+    let out = dir.join("out");
+    get_tree(&t, "/tree", &out, &NoProgress).await.unwrap();
+    assert_same_tree(&src, &out);
+    (repo, t, src, out)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_over_an_earlier_one_replaces_every_file_and_leaves_no_temp_names() {
     use std::os::unix::fs::PermissionsExt;
 
-    use asheville_storage::tree::{NoProgress, PutOptions, get_tree, put_tree};
+    use asheville_storage::tree::{NoProgress, get_tree};
     let dir = tempfile::tempdir().unwrap();
-    let (_repo, t) = temp_repo(dir.path(), 3, "rs(2,1)", |_| {}).await;
-    let src = small_file_tree(dir.path(), 40);
-    put_tree(&t, &src, "/tree", PutOptions::default(), &NoProgress)
-        .await
-        .unwrap();
-    let out = dir.path().join("out");
-    get_tree(&t, "/tree", &out, &NoProgress).await.unwrap();
-    assert_same_tree(&src, &out);
+    let (_repo, t, src, out) = stored_and_restored(dir.path(), 40, 0).await;
     // Damage the restored tree: changed bytes, a changed mode, and the
     // temp name a crashed restore could have left next to a file.
     std::fs::write(out.join("d0/f0"), b"changed").unwrap();
@@ -741,16 +754,8 @@ async fn a_restore_over_an_earlier_one_replaces_every_file_and_leaves_no_temp_na
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tree_restore_leaves_the_read_cache_alone() {
-    use asheville_storage::tree::{NoProgress, PutOptions, get_tree, put_tree};
     let dir = tempfile::tempdir().unwrap();
-    let (repo, t) = temp_repo(dir.path(), 3, "rs(2,1)", |c| c.cache_bytes = 64 << 20).await;
-    let src = small_file_tree(dir.path(), 50);
-    put_tree(&t, &src, "/tree", PutOptions::default(), &NoProgress)
-        .await
-        .unwrap();
-    let out = dir.path().join("out");
-    get_tree(&t, "/tree", &out, &NoProgress).await.unwrap();
-    assert_same_tree(&src, &out);
+    let (repo, t, _src, _out) = stored_and_restored(dir.path(), 50, 64 << 20).await;
     assert_eq!(repo.cache_stats().bytes, 0, "{:?}", repo.cache_stats());
     // A plain get still caches.
     let _ = get(&t, "/tree/large").await;
