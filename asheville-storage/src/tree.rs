@@ -431,11 +431,7 @@ async fn restore_batch(t: &Tenant, batch: Vec<(FileVersion, PathBuf)>) -> Result
 /// Writes the chunks of `fv` to `sink` as they arrive (read ahead by the
 /// stream), each chunk's buffer handed to a blocking write as it is: one
 /// write in flight, no copy into an intermediate buffer.
-async fn write_pieces(
-    t: &Tenant,
-    fv: &FileVersion,
-    sink: DirectFile,
-) -> Result<(std::fs::File, bool)> {
+async fn write_pieces(t: &Tenant, fv: &FileVersion, sink: DirectFile) -> Result<std::fs::File> {
     use futures::TryStreamExt;
     let wait = |h: tokio::task::JoinHandle<std::io::Result<DirectFile>>| async move {
         h.await
@@ -452,7 +448,7 @@ async fn write_pieces(
         });
     }
     let sink = wait(writing).await?;
-    blocking(move || sink.finish())
+    blocking(move || Ok(sink.finish()?.0))
         .await
         .map_err(|e| Error::io("cannot write restored file", e))
 }
@@ -599,7 +595,7 @@ async fn restore_file(t: &Tenant, fv: &FileVersion, dest: &Path) -> Result<()> {
             Ok(()) => blocking(move || {
                 let mut sink = sink;
                 sink.write(&data)?;
-                sink.finish()
+                Ok(sink.finish()?.0)
             })
             .await
             .map_err(|e| Error::io("cannot write file", e).with_context("file", tmp.display())),
@@ -609,7 +605,7 @@ async fn restore_file(t: &Tenant, fv: &FileVersion, dest: &Path) -> Result<()> {
         write_pieces(t, fv, sink).await
     };
     let file = match written {
-        Ok((file, _)) => file,
+        Ok(file) => file,
         Err(e) => {
             let _ = tokio::fs::remove_file(&tmp).await;
             return Err(e);
