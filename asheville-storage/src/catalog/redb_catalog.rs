@@ -353,20 +353,32 @@ impl Catalog for RedbCatalog {
             let mut refs = w.open_table(REFS)?;
             let mut heads = w.open_table(FILES)?;
             let mut versions = w.open_table(VERSIONS)?;
-            for f in files {
+            // The chunks' references, counted first and then checked and
+            // added in key order: chunk ids are random, so adding them file
+            // by file would touch a different page of each table every time.
+            let mut added: std::collections::BTreeMap<&[u8; 32], (u64, &RepoPath)> =
+                std::collections::BTreeMap::new();
+            for f in &files {
                 for c in &f.chunks {
-                    let k = blob_key(tenant, &c.id);
-                    if blobs.get(k.as_slice())?.is_none() {
-                        return Err(Error::new(
-                            ErrorKind::Integrity,
-                            "a chunk of the file is not committed",
-                        )
-                        .with_context("path", &f.path)
-                        .with_context("chunk", c.id));
-                    }
-                    let n = refs.get(k.as_slice())?.map(|v| v.value()).unwrap_or(0);
-                    refs.insert(k.as_slice(), n + 1)?;
+                    added.entry(c.id.as_bytes()).or_insert((0, &f.path)).0 += 1;
                 }
+            }
+            let mut k = blob_key(tenant, &ChunkId::from_bytes([0; 32]));
+            let id_at = k.len() - 32;
+            for (id, (count, path)) in added {
+                k[id_at..].copy_from_slice(id);
+                if blobs.get(k.as_slice())?.is_none() {
+                    return Err(Error::new(
+                        ErrorKind::Integrity,
+                        "a chunk of the file is not committed",
+                    )
+                    .with_context("path", path)
+                    .with_context("chunk", ChunkId::from_bytes(*id)));
+                }
+                let n = refs.get(k.as_slice())?.map(|v| v.value()).unwrap_or(0);
+                refs.insert(k.as_slice(), n + count)?;
+            }
+            for f in files {
                 let fk = file_key(tenant, &f.path);
                 let prev: Option<FileHead> = heads
                     .get(fk.as_str())?

@@ -869,3 +869,69 @@ fn the_catalog_gives_free_space_back_and_keeps_its_records() {
     drop(c);
     check(&RedbCatalog::open(&p).unwrap());
 }
+
+#[test]
+fn a_commit_counts_every_reference_and_is_refused_whole_for_a_missing_chunk() {
+    use asheville_core::{ChunkId, PackId};
+    use asheville_storage::catalog::{BlobLoc, Catalog, ChunkRef, NewVersion, PackRecord};
+    use asheville_storage::path::RepoPath;
+    let dir = tempfile::tempdir().unwrap();
+    let c = RedbCatalog::open(&dir.path().join("c.redb")).unwrap();
+    let id = |i: u8| ChunkId::from_bytes(*blake3::hash(&[i]).as_bytes());
+    let pack = PackRecord {
+        id: PackId::from_bytes([1; 32]),
+        tenant: "t".into(),
+        data_len: 3000,
+        redundancy: "none".into(),
+        shards: vec!["b".into()],
+    };
+    let loc = |j: u64| BlobLoc {
+        pack: pack.id,
+        offset: j * 1000,
+        len: 1000,
+    };
+    c.commit_pack(&pack, &[(id(0), loc(0)), (id(1), loc(1)), (id(2), loc(2))])
+        .unwrap();
+    let version = |name: &str, chunks: &[u8]| NewVersion {
+        path: RepoPath::parse(name).unwrap(),
+        size: 1000 * chunks.len() as u64,
+        meta: FileMeta::default(),
+        chunks: chunks
+            .iter()
+            .map(|&i| ChunkRef {
+                id: id(i),
+                len: 1000,
+            })
+            .collect(),
+        created_ns: 1,
+        version: 0,
+    };
+    // A chunk used twice in one file, by two files, and in two commits.
+    c.commit_versions("t", vec![version("/a", &[0, 1, 0]), version("/b", &[2, 0])])
+        .unwrap();
+    c.commit_versions("t", vec![version("/c", &[1])]).unwrap();
+    let counts = |c: &RedbCatalog| [0, 1, 2].map(|i| c.refcount("t", &id(i)).unwrap());
+    assert_eq!(counts(&c), [3, 2, 1]);
+    // One file of a batch names a chunk no pack holds: nothing of the
+    // batch is committed, and the error names that file.
+    let e = c
+        .commit_versions(
+            "t",
+            vec![
+                version("/d", &[2]),
+                version("/e", &[1, 9]),
+                version("/f", &[0]),
+            ],
+        )
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Integrity);
+    assert!(e.to_string().contains("/e"), "{e}");
+    assert_eq!(counts(&c), [3, 2, 1]);
+    for p in ["/d", "/e", "/f"] {
+        assert!(
+            c.latest("t", &RepoPath::parse(p).unwrap())
+                .unwrap()
+                .is_none()
+        );
+    }
+}
