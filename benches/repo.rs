@@ -21,7 +21,9 @@
 //! without a journal the inode allocator skips each inode freed in the last
 //! 1–6 minutes (`recently_deleted` in fs/ext4/ialloc.c), so a restore of
 //! 20,000 files right after 20,000 were deleted spends seconds in the kernel.
-//! For the same reason, on such a filesystem leave 6 minutes between runs.
+//! For the same reason, on such a filesystem leave 6 minutes between runs,
+//! or set `ASHEVILLE_BENCH_KEEP=1` to keep every run's temp dir (it prints
+//! their paths) and remove them all later.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -226,6 +228,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         done.push(work);
     }
     println!();
+    if std::env::var_os("ASHEVILLE_BENCH_KEEP").is_some() {
+        for work in done {
+            eprintln!("kept {}", work.display());
+        }
+        return Ok(());
+    }
     for work in done {
         let _ = std::fs::remove_dir_all(&work);
     }

@@ -1915,30 +1915,34 @@ impl Tenant {
         Ok(v)
     }
 
-    /// The blob's bytes read straight from the data shard(s) holding them.
-    async fn read_blob_direct(&self, pack: &PackRecord, loc: &BlobLoc) -> Result<Vec<u8>> {
+    /// The blob's bytes read straight from the data shard(s) holding them
+    /// (as read, without a copy, when one shard holds all of it).
+    async fn read_blob_direct(&self, pack: &PackRecord, loc: &BlobLoc) -> Result<Bytes> {
         let inner = &self.repo.inner;
         if let Some(data) = inner.cache.peek(&CacheKey::Pack(pack.id)) {
             let r = loc.offset as usize..(loc.offset + u64::from(loc.len)) as usize;
             return data
                 .get(r)
-                .map(<[u8]>::to_vec)
+                .map(Bytes::copy_from_slice)
                 .ok_or_else(|| Error::new(ErrorKind::Integrity, "blob outside pack"));
         }
         let parts = inner
             .codec
             .locate(pack.data_len, loc.offset..loc.offset + u64::from(loc.len))?;
-        let mut out = Vec::with_capacity(loc.len as usize);
+        let mut read = Vec::with_capacity(parts.len());
         for part in parts {
             let b = self.backend_of(pack, part.shard)?;
             let lo = (SHARD_HEADER_LEN + part.range.start) as u64;
             let hi = (SHARD_HEADER_LEN + part.range.end) as u64;
-            out.extend_from_slice(
-                &b.get_range(&shard_key(&pack.id, part.shard), lo..hi)
+            read.push(
+                b.get_range(&shard_key(&pack.id, part.shard), lo..hi)
                     .await?,
             );
         }
-        Ok(out)
+        Ok(match read.len() {
+            1 => read.swap_remove(0),
+            _ => read.concat().into(),
+        })
     }
 
     fn backend_of(&self, pack: &PackRecord, shard: usize) -> Result<&DynBackend> {
