@@ -1239,6 +1239,11 @@ impl Tenant {
         Ok(())
     }
 
+    /// Whether a meter store (and so a quota) is attached.
+    pub(crate) fn is_metered(&self) -> bool {
+        self.meter.is_some()
+    }
+
     /// This tenant with usage metering and quotas: writes are checked
     /// against the tenant's quota in `store` before any byte is written
     /// (see [`Batch`]), and committed writes, deletes and reads record

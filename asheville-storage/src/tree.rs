@@ -182,8 +182,6 @@ pub async fn put_tree(
         files = kept;
     }
     progress.start(files.len() as u64, files.iter().map(|f| f.1).sum());
-    let mut batch = t.batch();
-    let mut done: Vec<(String, u64)> = Vec::new();
     // Open (and read, when small) the files ahead of the one being
     // chunked, in groups of up to OPEN_GROUP_FILES files or
     // OPEN_GROUP_BYTES bytes per blocking call, so that many small files
@@ -210,22 +208,48 @@ pub async fn put_tree(
             Err(e) => futures::stream::iter([Err(e)]).right_stream(),
         })
         .flatten();
-    for (rel, _, _) in &files {
-        let remote_path = remote_of(rel)?;
-        let file = opened
-            .next()
-            .await
-            .ok_or_else(|| Error::new(ErrorKind::Other, "read-ahead ended early"))??;
-        let before = batch.bytes();
-        batch.add_local(&remote_path, file).await?;
-        done.push((remote_path, batch.bytes() - before));
-        if batch.len() >= opts.batch_files || batch.bytes() >= opts.batch_bytes {
-            std::mem::replace(&mut batch, t.batch()).commit().await?;
-            finish(&mut report, &mut done, progress);
+    // Each batch commits while the next one fills, so the pipeline does
+    // not drain at every commit; at most one commit is in flight. An error
+    // while filling waits for the commit before it, so every batch that
+    // was whole is committed as before. A chunk that appears in both
+    // batches may be stored twice (the later copy is garbage for gc). A
+    // tenant with a meter commits first: its quota check counts committed
+    // bytes. Put of the peers set (20,027 files, 3 commits), 10 alternating
+    // rounds: median 2.33 -> 2.20 s.
+    let metered = t.is_metered();
+    let mut queue = files.iter();
+    let mut committing: Option<(Committing<'_>, Vec<(String, u64)>)> = None;
+    loop {
+        let mut batch = t.batch();
+        let mut done = Vec::new();
+        let fill = async {
+            for (rel, _, _) in queue.by_ref() {
+                let remote_path = remote_of(rel)?;
+                let file = opened
+                    .next()
+                    .await
+                    .ok_or_else(|| Error::new(ErrorKind::Other, "read-ahead ended early"))??;
+                let before = batch.bytes();
+                batch.add_local(&remote_path, file).await?;
+                done.push((remote_path, batch.bytes() - before));
+                if batch.len() >= opts.batch_files || batch.bytes() >= opts.batch_bytes {
+                    break;
+                }
+            }
+            Ok(())
+        };
+        let mut earlier = committing.take();
+        if metered {
+            alongside(earlier.take(), async { Ok(()) }, &mut report, progress).await?;
         }
+        alongside(earlier, fill, &mut report, progress).await?;
+        if batch.is_empty() {
+            break;
+        }
+        committing = Some((Box::pin(batch.commit()), done));
     }
-    batch.commit().await?;
-    finish(&mut report, &mut done, progress);
+    // The last batch commits alone.
+    alongside(committing, async { Ok(()) }, &mut report, progress).await?;
     t.repository().compact_catalog().await.map_err(|e| {
         e.with_context(
             "note",
@@ -234,6 +258,38 @@ pub async fn put_tree(
     })?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// A batch's commit, in flight.
+type Committing<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<FileVersion>>> + Send + 'a>>;
+
+/// Runs `fill` while `earlier` (a commit and its files) finishes, then
+/// counts the committed files. A failed commit stops `fill` at once; a
+/// failed `fill` first lets the commit finish.
+async fn alongside(
+    earlier: Option<(Committing<'_>, Vec<(String, u64)>)>,
+    fill: impl std::future::Future<Output = Result<()>>,
+    report: &mut TreeReport,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let Some((commit, mut done)) = earlier else {
+        return fill.await;
+    };
+    let fill = std::pin::pin!(fill);
+    let filled = match futures::future::select(commit, fill).await {
+        futures::future::Either::Left((committed, fill)) => {
+            committed?;
+            finish(report, &mut done, progress);
+            return fill.await;
+        }
+        futures::future::Either::Right((filled, commit)) => {
+            commit.await?;
+            filled
+        }
+    };
+    finish(report, &mut done, progress);
+    filled
 }
 
 /// Counts the files of a batch once it has committed.

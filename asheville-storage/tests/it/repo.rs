@@ -699,6 +699,51 @@ async fn restoring_many_small_files_reads_in_batches_and_survives_two_lost_backe
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_tree_commits_each_batch_while_the_next_fills_and_keeps_whole_batches_on_an_error() {
+    use std::os::unix::ffi::OsStrExt;
+
+    use asheville_storage::tree::{NoProgress, PutOptions, get_tree, put_tree};
+    let dir = tempfile::tempdir().unwrap();
+    let (_repo, t) = temp_repo(dir.path(), 3, "rs(2,1)", |_| {}).await;
+    let src = small_file_tree(dir.path(), 40);
+    let opts = PutOptions {
+        batch_files: 7,
+        ..PutOptions::default()
+    };
+    let r = put_tree(&t, &src, "/tree", opts, &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(r.files, 41);
+    let out = dir.path().join("out");
+    get_tree(&t, "/tree", &out, &NoProgress).await.unwrap();
+    assert_same_tree(&src, &out);
+    // A name that is not UTF-8 sorts after the 35 files: it fails the 6th
+    // batch at its first file, typically while the 5th is committing, and
+    // the 5th must still commit. (Storing every file again, the name is first
+    // looked at when its turn comes.)
+    std::fs::write(src.join(std::ffi::OsStr::from_bytes(b"z\xff")), b"x").unwrap();
+    let opts = PutOptions {
+        skip_unchanged: false,
+        ..opts
+    };
+    let e = put_tree(&t, &src, "/again", opts, &NoProgress)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    let kept = t.all_paths(None, 100).unwrap();
+    let again: Vec<_> = kept.iter().filter(|p| p.starts_with("again/")).collect();
+    assert_eq!(again.len(), 35, "{again:?}");
+    for p in &again {
+        let fv = t.stat(p).unwrap();
+        assert_eq!(fv.version, 1, "{p}");
+        let mut bytes = Vec::new();
+        t.get(p, &mut bytes).await.unwrap();
+        let local = src.join(p.trim_start_matches("again/"));
+        assert_eq!(bytes, std::fs::read(local).unwrap(), "{p}");
+    }
+}
+
 /// A repository (`rs(2,1)`, a read cache of `cache_bytes`) holding
 /// [`small_file_tree`] of `n` files under `/tree`, restored once to `out`
 /// and checked: (repository, tenant, source, out).
