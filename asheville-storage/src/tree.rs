@@ -58,7 +58,9 @@ pub struct PutOptions {
     /// Commit after this many files...
     pub batch_files: usize,
     /// ...or this many bytes, whichever comes first. A crash loses at most
-    /// the uncommitted batch; everything committed before stays.
+    /// the two batches not yet committed (one commits while the next
+    /// fills); everything committed before stays, and chunks already in
+    /// uploaded packs are not stored again when the put is run again.
     pub batch_bytes: u64,
     /// Leave a file alone (no new version, not read) when its latest
     /// version has the same size, modification time and mode, as restic

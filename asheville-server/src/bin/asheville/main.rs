@@ -69,7 +69,8 @@ enum Cmd {
         local: PathBuf,
         /// Where in the repository (default: the local name).
         remote: Option<String>,
-        /// Commit after this many files (a crash loses at most one batch).
+        /// Commit after this many files (a crash loses at most the two
+        /// batches not yet committed).
         #[arg(long, default_value_t = 10_000)]
         batch_files: usize,
         /// Read and store every file, also those whose size, mtime and mode
