@@ -132,7 +132,8 @@ async fn killed_ingest_never_shows_half_written_files() {
     let full_ms = (started.elapsed().as_millis() as u64).max(10);
     assert_eq!(verify(&data, "warmup", &files).await, files.len());
 
-    let mut rng: u64 = 42;
+    // Kill within the first 80% of a normal run's time.
+    let mut clock = KillClock::new(full_ms * 4 / 5, 42);
     let (mut killed, mut verified, mut partial, mut runs) = (0, 0, 0, 0);
     // Run until `kills` runs were really interrupted (a run that finished
     // before its kill still gets verified); give up after 4× as many runs.
@@ -141,17 +142,11 @@ async fn killed_ingest_never_shows_half_written_files() {
             break;
         }
         runs += 1;
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
         // Each run is its own tenant: no dedup, so every run uploads packs.
         let tenant = format!("t{i}");
         let mut child = put(&data, &src, &tenant);
-        // Kill within the first 80% of a normal run's time.
-        std::thread::sleep(Duration::from_millis(rng % (full_ms * 4 / 5).max(5)));
-        if child.try_wait().unwrap().is_none() {
-            killed += 1;
-        }
+        std::thread::sleep(clock.next_delay());
+        killed += usize::from(clock.record(child.try_wait().unwrap().is_none()));
         child.kill().ok(); // SIGKILL
         child.wait().unwrap();
         let n = verify(&data, &tenant, &files).await;
@@ -272,6 +267,41 @@ fn cli(data: &Path, args: &[&str]) -> std::process::Child {
         .unwrap()
 }
 
+/// When to kill the next run: a random moment within the time a whole
+/// run takes. It starts from one timed run and shrinks by a quarter each
+/// time a run ends before its kill, so that a slow timed run (other tests
+/// share the two cores) does not send most kills after the end (one CI
+/// run timed a 17 ms gc at 223 ms, and only 42 of 300 kills landed).
+struct KillClock {
+    window_ms: u64,
+    rng: u64,
+}
+
+impl KillClock {
+    fn new(full_ms: u64, seed: u64) -> KillClock {
+        KillClock {
+            window_ms: full_ms.max(5),
+            rng: seed,
+        }
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        Duration::from_millis(self.rng % self.window_ms)
+    }
+
+    /// Notes whether the run was still going when it was killed; returns
+    /// that.
+    fn record(&mut self, interrupted: bool) -> bool {
+        if !interrupted {
+            self.window_ms = (self.window_ms * 3 / 4).max(5);
+        }
+        interrupted
+    }
+}
+
 fn kills() -> usize {
     std::env::var("ASHEVILLE_CRASH_KILLS")
         .ok()
@@ -295,16 +325,13 @@ async fn killed_gc_never_loses_live_data() {
             .success()
     );
     let full_ms = (started.elapsed().as_millis() as u64).max(10);
-    let (mut killed, mut runs, mut rng) = (0, 0, 99u64);
+    let (mut killed, mut runs, mut clock) = (0, 0, KillClock::new(full_ms, 99));
     while killed < kills() && runs < kills() * 6 {
         runs += 1;
         files.extend(many_packs(&data, runs as u64, true).await);
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
         let mut child = cli(&data, &["gc", "--grace", "0s"]);
-        std::thread::sleep(Duration::from_millis(rng % full_ms.max(5)));
-        killed += usize::from(child.try_wait().unwrap().is_none());
+        std::thread::sleep(clock.next_delay());
+        killed += usize::from(clock.record(child.try_wait().unwrap().is_none()));
         child.kill().ok();
         child.wait().unwrap();
         let report = verify_all(&data, &files).await;
@@ -354,16 +381,13 @@ async fn killed_repair_is_safe_to_rerun() {
     let started = std::time::Instant::now();
     assert!(cli(&data, &["repair"]).wait().unwrap().success());
     let full_ms = (started.elapsed().as_millis() as u64).max(10);
-    let (mut killed, mut runs, mut rng) = (0, 0, 7u64);
+    let (mut killed, mut runs, mut clock) = (0, 0, KillClock::new(full_ms, 7));
     while killed < kills() && runs < kills() * 6 {
         runs += 1;
         std::fs::remove_dir_all(data.join(format!("backend-{}", runs % 6))).ok();
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
         let mut child = cli(&data, &["repair"]);
-        std::thread::sleep(Duration::from_millis(rng % full_ms.max(5)));
-        killed += usize::from(child.try_wait().unwrap().is_none());
+        std::thread::sleep(clock.next_delay());
+        killed += usize::from(clock.record(child.try_wait().unwrap().is_none()));
         child.kill().ok();
         child.wait().unwrap();
         let report = verify_all(&data, &files).await;
