@@ -87,22 +87,61 @@ macro_rules! define_id {
             }
         }
 
+        /// Text formats (JSON) carry the 64 hex digits; binary ones
+        /// (postcard: catalog records, pack trailers, journals) the 32
+        /// bytes, and also read the hex form that binary records held
+        /// before 2026-12.
         impl serde::Serialize for $name {
             fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-                s.serialize_str(&self.to_hex())
+                if s.is_human_readable() {
+                    s.serialize_str(&self.to_hex())
+                } else {
+                    s.serialize_bytes(&self.0)
+                }
             }
         }
 
         impl<'de> serde::Deserialize<'de> for $name {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-                Self::from_hex(&s).map_err(serde::de::Error::custom)
+                if d.is_human_readable() {
+                    let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                    Self::from_hex(&s).map_err(serde::de::Error::custom)
+                } else {
+                    d.deserialize_bytes(IdVisitor).map($name)
+                }
             }
         }
     };
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// An id in a binary format: 32 bytes, or the 64 hex digits of older
+/// records (postcard writes strings and bytes alike: length, then bytes).
+struct IdVisitor;
+
+impl serde::de::Visitor<'_> for IdVisitor {
+    type Value = [u8; 32];
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("32 bytes or 64 hex digits")
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> std::result::Result<[u8; 32], E> {
+        match v.len() {
+            32 => Ok(v.try_into().map_err(E::custom)?),
+            64 => {
+                let s = std::str::from_utf8(v).map_err(E::custom)?;
+                parse_hex32(s).map_err(E::custom)
+            }
+            n => Err(E::invalid_length(n, &self)),
+        }
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<[u8; 32], E> {
+        self.visit_bytes(v.as_bytes())
+    }
+}
 
 fn parse_hex32(s: &str) -> std::result::Result<[u8; 32], String> {
     let b = s.as_bytes();
@@ -168,6 +207,34 @@ mod tests {
     use super::*;
     use crate::keys::MasterKey;
     use proptest::prelude::*;
+
+    #[test]
+    fn ids_are_bytes_in_binary_records_hex_in_json_and_old_hex_records_still_read() {
+        let id = ChunkId::from_bytes(*blake3::hash(b"x").as_bytes());
+        let bin = postcard::to_stdvec(&id).unwrap();
+        assert_eq!(bin.len(), 33, "a length byte and the 32 bytes");
+        assert_eq!(&bin[1..], id.as_bytes());
+        assert_eq!(postcard::from_bytes::<ChunkId>(&bin).unwrap(), id);
+        // Records written before held the hex digits, also inside larger
+        // records (a catalog record has fields after its ids).
+        let old = postcard::to_stdvec(&(id.to_hex(), 7u64)).unwrap();
+        assert_eq!(
+            postcard::from_bytes::<(ChunkId, u64)>(&old).unwrap(),
+            (id, 7)
+        );
+        let pack = PackId::from_bytes([9; 32]);
+        let old = postcard::to_stdvec(&pack.to_hex()).unwrap();
+        assert_eq!(postcard::from_bytes::<PackId>(&old).unwrap(), pack);
+        // Other lengths, and 64 bytes that are not hex, are refused.
+        for bad in [vec![1u8; 31], vec![1u8; 33], vec![b'g'; 64]] {
+            let enc = postcard::to_stdvec(&bad).unwrap();
+            assert!(postcard::from_bytes::<ChunkId>(&enc).is_err(), "{bad:?}");
+        }
+        // JSON keeps the hex form.
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, format!("\"{}\"", id.to_hex()));
+        assert_eq!(serde_json::from_str::<ChunkId>(&json).unwrap(), id);
+    }
 
     #[test]
     fn hex_errors_are_clear() {

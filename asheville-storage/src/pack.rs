@@ -7,7 +7,7 @@
 //! | part | size | |
 //! |---|---|---|
 //! | blobs | Σ blob lengths | sealed blobs (see `asheville_core::seal`) back to back |
-//! | trailer | `c` + 16 | postcard list of `(chunk id, offset, length)`, AES-256-GCM, tag appended |
+//! | trailer | `c` + 16 | postcard list of `(chunk id, offset, length)`, AES-256-GCM, tag appended (ids as 32 bytes; packs written before 2026-12 hold 64 hex digits, which are still read) |
 //! | nonce | 12 | random, for the trailer |
 //! | tenant | `t` | tenant name, UTF-8 |
 //! | footer | 11 | `t` as u16 LE, `c` as u32 LE, magic `ASHP`, version 1 |
