@@ -454,15 +454,7 @@ async fn restore_batch(t: &Tenant, batch: Vec<(FileVersion, PathBuf)>) -> Result
                     for c in &data {
                         landing.file.write_all(c)?;
                     }
-                    landing.file.set_modified(mtime_of(&fv))?;
-                    #[cfg(unix)]
-                    if fv.meta.mode != 0 {
-                        use std::os::unix::fs::PermissionsExt;
-                        landing
-                            .file
-                            .set_permissions(std::fs::Permissions::from_mode(fv.meta.mode))?;
-                    }
-                    Ok(())
+                    stamp(&landing.file, mtime_of(&fv), fv.meta.mode)
                 })();
                 match r {
                     Ok(()) => landing.land(&dest),
@@ -671,12 +663,7 @@ async fn restore_file(t: &Tenant, fv: &FileVersion, dest: &Path) -> Result<()> {
     };
     let (tmp_c, dest_c) = (tmp.clone(), dest.to_path_buf());
     blocking(move || {
-        file.set_modified(mtime)?;
-        #[cfg(unix)]
-        if mode != 0 {
-            use std::os::unix::fs::PermissionsExt;
-            file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        }
+        stamp(&file, mtime, mode)?;
         drop(file);
         std::fs::rename(&tmp_c, &dest_c)
     })
@@ -685,6 +672,17 @@ async fn restore_file(t: &Tenant, fv: &FileVersion, dest: &Path) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         Error::io("cannot finish restored file", e).with_context("file", dest.display())
     })
+}
+
+/// Gives a restored file its mtime and, unless it is 0, its mode.
+fn stamp(file: &std::fs::File, mtime: std::time::SystemTime, mode: u32) -> std::io::Result<()> {
+    file.set_modified(mtime)?;
+    #[cfg(unix)]
+    if mode != 0 {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
 }
 
 #[cfg(target_os = "linux")]
