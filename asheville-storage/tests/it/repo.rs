@@ -706,7 +706,8 @@ async fn put_tree_commits_each_batch_while_the_next_fills_and_keeps_whole_batche
     use asheville_storage::tree::{NoProgress, PutOptions, get_tree, put_tree};
     let dir = tempfile::tempdir().unwrap();
     let (_repo, t) = temp_repo(dir.path(), 3, "rs(2,1)", |_| {}).await;
-    let src = small_file_tree(dir.path(), 40);
+    // 34 small files and `large`: five batches of 7.
+    let src = small_file_tree(dir.path(), 34);
     let opts = PutOptions {
         batch_files: 7,
         ..PutOptions::default()
@@ -714,7 +715,7 @@ async fn put_tree_commits_each_batch_while_the_next_fills_and_keeps_whole_batche
     let r = put_tree(&t, &src, "/tree", opts, &NoProgress)
         .await
         .unwrap();
-    assert_eq!(r.files, 41);
+    assert_eq!(r.files, 35);
     let out = dir.path().join("out");
     get_tree(&t, "/tree", &out, &NoProgress).await.unwrap();
     assert_same_tree(&src, &out);
