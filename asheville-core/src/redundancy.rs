@@ -251,7 +251,7 @@ fn header_prefix(policy: Redundancy, index: usize, shard_len: usize, data_len: u
 /// A shard checksum being computed, of the kind shard format `version`
 /// uses.
 enum ShardHasher {
-    Crc64(crc_fast::Digest),
+    Crc64(Box<crc_fast::Digest>),
     Blake3(Box<blake3::Hasher>),
 }
 
@@ -261,7 +261,9 @@ impl ShardHasher {
         let mut h = if prefix[4] == SHARD_VERSION_BLAKE3 {
             ShardHasher::Blake3(Box::default())
         } else {
-            ShardHasher::Crc64(crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme))
+            ShardHasher::Crc64(Box::new(crc_fast::Digest::new(
+                crc_fast::CrcAlgorithm::Crc64Nvme,
+            )))
         };
         h.update(prefix);
         h
