@@ -30,6 +30,8 @@ pub(crate) struct BufPool {
     /// The capacity of every new buffer (at least).
     floor: usize,
     max_idle: usize,
+    /// Buffers keep their length (and stale contents) while idle.
+    keep: bool,
 }
 
 impl BufPool {
@@ -40,11 +42,24 @@ impl BufPool {
             idle: Mutex::new(Vec::new()),
             floor,
             max_idle,
+            keep: false,
         }
     }
 
-    /// An empty buffer with room for at least `cap` bytes: an idle one
-    /// that fits, else a new one of `max(cap, floor)`.
+    /// A pool like [`BufPool::new`] whose buffers come back with the
+    /// length and the stale contents they were given back with, for users
+    /// that overwrite every byte they use (parity, which the encoder
+    /// writes whole): they need not zero-fill a reused buffer again.
+    pub(crate) fn keeping_contents(floor: usize, max_idle: usize) -> Self {
+        BufPool {
+            keep: true,
+            ..BufPool::new(floor, max_idle)
+        }
+    }
+
+    /// A buffer with room for at least `cap` bytes: an idle one that fits,
+    /// else a new one of `max(cap, floor)`. Empty, unless the pool keeps
+    /// contents ([`BufPool::keeping_contents`]).
     pub(crate) fn take(&self, cap: usize) -> Vec<u8> {
         let found = self.idle.lock().ok().and_then(|mut idle| {
             let i = idle.iter().position(|b| b.capacity() >= cap)?;
@@ -56,7 +71,13 @@ impl BufPool {
     /// Gives the buffer under `b` back once no other handle refers to it
     /// (see [`BufPool::give`]).
     pub(crate) fn give_bytes(&self, b: Bytes) {
-        if let Some(buf) = reclaim(b) {
+        let buf = if self.keep {
+            // A whole buffer (no offset): `Vec::from` moves nothing.
+            b.try_into_mut().ok().map(Vec::from)
+        } else {
+            reclaim(b)
+        };
+        if let Some(buf) = buf {
             self.give(buf);
         }
     }
@@ -67,7 +88,9 @@ impl BufPool {
         if buf.capacity() < self.floor {
             return;
         }
-        buf.clear();
+        if !self.keep {
+            buf.clear();
+        }
         if let Ok(mut idle) = self.idle.lock()
             && idle.len() < self.max_idle
         {
@@ -99,5 +122,21 @@ mod tests {
         assert_eq!(got.as_ptr(), pa);
         // Nothing idle: a new buffer.
         assert_eq!(pool.take(10).capacity(), 1 << 20);
+    }
+
+    #[test]
+    fn a_keeping_pool_hands_buffers_back_as_they_were_given() {
+        let pool = BufPool::keeping_contents(1 << 10, 2);
+        let mut a = pool.take(1 << 10);
+        a.resize(1000, 7);
+        let pa = a.as_ptr();
+        pool.give_bytes(Bytes::from(a));
+        let again = pool.take(1 << 10);
+        assert_eq!((again.as_ptr(), again.len()), (pa, 1000));
+        assert!(again.iter().all(|&b| b == 7));
+        // A plain pool empties what it is given.
+        let plain = BufPool::new(1 << 10, 2);
+        plain.give_bytes(Bytes::from(again));
+        assert!(plain.take(1 << 10).is_empty());
     }
 }

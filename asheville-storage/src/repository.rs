@@ -288,8 +288,10 @@ impl Repository {
         );
         let idle = config.packs_in_flight.saturating_sub(1).max(1);
         let pack_bufs = crate::bufpool::BufPool::new(pack_floor, idle);
-        let parity_bufs =
-            crate::bufpool::BufPool::new(pack_floor.div_ceil(k), if is_rs { m * idle } else { 0 });
+        let parity_bufs = crate::bufpool::BufPool::keeping_contents(
+            pack_floor.div_ceil(k),
+            if is_rs { m * idle } else { 0 },
+        );
         Ok(Repository {
             inner: Arc::new(Inner {
                 pack_bufs,
