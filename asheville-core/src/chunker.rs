@@ -197,6 +197,19 @@ impl Cutter {
     /// before byte `p`. The strict mask holds below the even part of
     /// `min(avg, len)`, the loose one up to the even part of `min(max, len)`.
     pub fn cut(&self, data: &[u8]) -> usize {
+        self.cut_resuming(data, 0)
+    }
+
+    /// [`Cutter::cut`] of `data`, knowing that the cut of its first
+    /// `checked` bytes found no cut point (returned `checked`): the scan
+    /// starts where that one ended instead of at `min_size`.
+    ///
+    /// A cut point found in a prefix is the cut point of any longer input
+    /// (positions are tested in order, each under the mask of its place,
+    /// with a hash of the bytes before it); so a stream may cut as soon as
+    /// a point is found, and resume an unfinished chunk's scan when more
+    /// bytes arrive. The result is always that of [`Cutter::cut`].
+    pub fn cut_resuming(&self, data: &[u8], checked: usize) -> usize {
         let len = data.len();
         if len <= self.min {
             return len;
@@ -205,10 +218,18 @@ impl Cutter {
         let center = if end < self.avg { end } else { self.avg };
         let strict_end = center & !1;
         let loose_end = end & !1;
-        if let Some(p) = self.scan(data, self.min, strict_end, self.mask_s) {
+        // The shorter scan tested every position below the even part of
+        // its length, each under the mask it has here too.
+        let from = (checked.min(end) & !1).max(self.min);
+        if from < strict_end
+            && let Some(p) = self.scan(data, from, strict_end, self.mask_s)
+        {
             return p;
         }
-        if let Some(p) = self.scan(data, strict_end.max(self.min), loose_end, self.mask_l) {
+        let from = from.max(strict_end);
+        if from < loose_end
+            && let Some(p) = self.scan(data, from, loose_end, self.mask_l)
+        {
             return p;
         }
         end
@@ -531,6 +552,38 @@ mod tests {
             let cfg = ChunkerConfig::new(cfg.0, cfg.1, cfg.2).unwrap();
             let data = mixed(len, seed, kind);
             prop_assert_eq!(chunk_slice(&cfg, &data).unwrap(), crate_chunks(&cfg, &data));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn a_cut_in_a_prefix_is_final_and_an_unfinished_scan_resumes(
+            len in 0usize..300_000,
+            seed in any::<u64>(),
+            kind in any::<u8>(),
+            splits in prop::collection::vec(0usize..300_000, 1..6),
+        ) {
+            let cfg = ChunkerConfig::new(2048, 8192, 65536).unwrap();
+            let cutter = Cutter::new(&cfg).unwrap();
+            let data = mixed(len, seed, kind);
+            let mut pos = 0;
+            while pos < data.len() {
+                let rest = &data[pos..];
+                let whole = cutter.cut(rest);
+                for &l in &splits {
+                    let l = l % (rest.len() + 1);
+                    let n = cutter.cut(&rest[..l]);
+                    if n < l {
+                        // Found before the prefix's end: the same cut.
+                        prop_assert_eq!(n, whole, "prefix {} at {}", l, pos);
+                    } else {
+                        // Not found: resuming from there gives the whole cut.
+                        prop_assert_eq!(cutter.cut_resuming(rest, l), whole, "resume {} at {}", l, pos);
+                    }
+                }
+                pos += whole;
+            }
         }
     }
 

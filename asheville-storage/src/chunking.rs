@@ -84,6 +84,8 @@ pub struct AsyncChunker<R> {
     /// Bytes read and not yet cut are `window[pos..]`.
     window: Bytes,
     pos: usize,
+    /// Bytes of `window[pos..]` already scanned without finding a cut.
+    checked: usize,
     eof: bool,
     ready: std::collections::VecDeque<Bytes>,
     /// Where full-size windows go when this chunker is done with them.
@@ -120,6 +122,7 @@ impl<R: AsyncRead + Unpin> AsyncChunker<R> {
             cutter,
             window: Bytes::new(),
             pos: 0,
+            checked: 0,
             eof: false,
             ready: Default::default(),
             pool: None,
@@ -146,11 +149,23 @@ impl<R: AsyncRead + Unpin> AsyncChunker<R> {
             if !self.eof {
                 self.fill(2 * max).await?;
             }
-            // Cut each chunk once, and only where the cut is final: with
-            // `max` bytes after its start (or at the end of the input).
+            // Cut where the cut is final: a cut point found in what is
+            // here, `max` bytes, or the end of the input. An unfinished
+            // chunk's scan resumes after the next read, and only it is
+            // carried over to the next window. (Waiting for `max` bytes
+            // after a chunk's start carried ~3.5 of every 8 MiB window
+            // over, copied, instead of the ~1 MiB of one chunk.)
             let len = self.window.len();
-            while self.pos < len && (self.eof || len - self.pos >= max) {
-                let n = self.cutter.cut(&self.window[self.pos..]);
+            while self.pos < len {
+                let here = len - self.pos;
+                let n = self
+                    .cutter
+                    .cut_resuming(&self.window[self.pos..], self.checked);
+                if !(self.eof || n < here || n >= max) {
+                    self.checked = here;
+                    break;
+                }
+                self.checked = 0;
                 self.ready
                     .push_back(self.window.slice(self.pos..self.pos + n));
                 self.pos += n;
