@@ -2,13 +2,16 @@
 //! memory, with the same boundaries as `asheville_core::chunk_slice` and
 //! memory bounded by twice the maximum chunk size per input.
 //!
-//! A FastCDC cut point depends only on the bytes from the chunk's start up
-//! to `max_size` after it; so once the buffer holds `max_size` bytes past a
-//! chunk's start (or the stream has ended), that chunk is final.
+//! A FastCDC cut point is the first candidate position after `min_size`
+//! (or `max_size`), and whether a position is one depends only on the bytes
+//! before it; so a chunk is final as soon as its cut point has been read,
+//! or `max_size` bytes, or the end of the stream. A chunk still open at the
+//! end of the window is scanned on from where it stopped once more bytes
+//! are read ([`Cutter::cut_resuming`]).
 //!
 //! Chunks are [`Bytes`] slices of the read window, not copies: a window
 //! lives until its last chunk is sealed, and only the uncut tail of a
-//! window (less than one chunk) is copied into the next. A [`WindowPool`]
+//! window (less than one chunk) is copied into the next. A `WindowPool`
 //! hands windows whose chunks are all gone to the next read, so the write
 //! path does not map and fault in fresh memory for every window.
 

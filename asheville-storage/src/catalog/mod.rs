@@ -6,9 +6,9 @@
 //! 1. every shard of a pack is durably on its backend;
 //! 2. [`Catalog::commit_pack`] records the pack and its blobs in one
 //!    transaction;
-//! 3. [`Catalog::commit_version`] checks that every chunk of the file is a
-//!    committed blob, then records the version and its references in one
-//!    transaction.
+//! 3. [`Catalog::commit_versions`] checks that every chunk of the files is
+//!    a committed blob, then records the versions and their references in
+//!    one transaction.
 //!
 //! A crash between steps leaves unreferenced blobs or unlisted shards
 //! (garbage for `gc`), never a version that points at missing data.
