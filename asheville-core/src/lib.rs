@@ -68,4 +68,4 @@ pub use redundancy::{
     Codec, Decoded, EncodedPack, Redundancy, ShardInfo, ShardRange, parse_shard_header,
     verify_shard,
 };
-pub use seal::{BlobHeader, Compression, Sealer};
+pub use seal::{BlobHeader, Compression, Opened, Sealer};

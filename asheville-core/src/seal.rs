@@ -278,6 +278,16 @@ pub struct Sealer {
     compression: Compression,
 }
 
+/// Where [`Sealer::open_in_place`] left a chunk's plaintext.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Opened {
+    /// Stored uncompressed: the plaintext is this range of the blob,
+    /// decrypted where it lay.
+    InPlace(std::ops::Range<usize>),
+    /// Stored compressed: the plaintext, decompressed into a new buffer.
+    Decompressed(Vec<u8>),
+}
+
 impl std::fmt::Debug for Sealer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sealer")
@@ -367,17 +377,46 @@ impl Sealer {
     /// modified, truncated, sealed for another id or under another key.
     pub fn open(&self, id: &ChunkId, blob: &[u8]) -> Result<Vec<u8>> {
         let header = BlobHeader::parse(blob).map_err(|e| e.with_context("chunk", id))?;
+        let body_end = blob.len() - TAG_LEN;
+        let mut buf = blob[HEADER_LEN..body_end].to_vec();
+        Ok(self
+            .open_body(id, &header, &mut buf, &blob[body_end..])?
+            .unwrap_or(buf))
+    }
+
+    /// [`Sealer::open`] without copying: decrypts `blob` where it lies.
+    /// The plaintext is then `blob[range]` for a chunk stored uncompressed,
+    /// or a new buffer for a compressed one. On an error `blob` holds
+    /// garbage and must not be used.
+    pub fn open_in_place(&self, id: &ChunkId, blob: &mut [u8]) -> Result<Opened> {
+        let header = BlobHeader::parse(blob).map_err(|e| e.with_context("chunk", id))?;
+        let body_end = blob.len() - TAG_LEN;
+        let (body, tag) = blob[HEADER_LEN..].split_at_mut(body_end - HEADER_LEN);
+        Ok(match self.open_body(id, &header, body, tag)? {
+            None => Opened::InPlace(HEADER_LEN..body_end),
+            Some(plain) => Opened::Decompressed(plain),
+        })
+    }
+
+    /// Authenticates and decrypts `body` in place; then decompresses it
+    /// into a new buffer (`Some`) or leaves it as the plaintext (`None`).
+    fn open_body(
+        &self,
+        id: &ChunkId,
+        header: &BlobHeader,
+        body: &mut [u8],
+        tag: &[u8],
+    ) -> Result<Option<Vec<u8>>> {
         let chunk_key: Zeroizing<[u8; 32]> = self.key.chunk_key(id);
         let hbytes: [u8; HEADER_LEN] = header.to_bytes();
-        let body_end = blob.len() - TAG_LEN;
-        let mut tag = [0u8; TAG_LEN];
-        tag.copy_from_slice(&blob[body_end..]);
-        let mut buf = blob[HEADER_LEN..body_end].to_vec();
+        let mut t = [0u8; TAG_LEN];
+        t.copy_from_slice(tag);
         self.aead
-            .open_in_place(&chunk_key, &header.nonce, &aad(&hbytes, id), &mut buf, &tag)
+            .open_in_place(&chunk_key, &header.nonce, &aad(&hbytes, id), body, &t)
             .map_err(|e| e.with_context("chunk", id))?;
+        let buf: &[u8] = body;
         match header.compression {
-            Compression::None => Ok(buf),
+            Compression::None => Ok(None),
             Compression::Zstd { .. } => {
                 let plain = DECOMPRESSOR
                     .with(|d| {
@@ -386,7 +425,7 @@ impl Sealer {
                             Some(z) => z,
                             slot => slot.insert(zstd::bulk::Decompressor::new()?),
                         };
-                        z.decompress(&buf, header.plain_len as usize)
+                        z.decompress(buf, header.plain_len as usize)
                     })
                     .map_err(|e| {
                         Error::new(
@@ -403,7 +442,7 @@ impl Sealer {
                     )
                     .with_context("chunk", id));
                 }
-                Ok(plain)
+                Ok(Some(plain))
             }
         }
     }
@@ -449,6 +488,20 @@ mod tests {
                 let s = Sealer::new(k.seal_key().clone(), c, imp).unwrap();
                 let blob = s.seal(&id, &data).unwrap();
                 prop_assert_eq!(s.open(&id, &blob).unwrap(), data.clone());
+                // In place: the same plaintext, where the blob lay if it
+                // was stored uncompressed.
+                let mut in_place = blob.clone();
+                let plain = match s.open_in_place(&id, &mut in_place).unwrap() {
+                    Opened::InPlace(r) => {
+                        prop_assert_eq!(r.clone(), HEADER_LEN..blob.len() - TAG_LEN);
+                        in_place[r].to_vec()
+                    }
+                    Opened::Decompressed(v) => {
+                        prop_assert_eq!(blob[1], 1, "only compressed blobs decompress");
+                        v
+                    }
+                };
+                prop_assert_eq!(plain, data.clone());
                 blobs.push(blob);
             }
             // All AES-GCM implementations produce byte-identical blobs.
@@ -472,6 +525,7 @@ mod tests {
             let i = pos.index(blob.len());
             blob[i] ^= 1 << bit;
             prop_assert!(s.open(&id, &blob).is_err());
+            prop_assert!(s.open_in_place(&id, &mut blob).is_err());
         }
 
         #[test]
@@ -482,9 +536,11 @@ mod tests {
             let blob = s.seal(&id, &data).unwrap();
             let n = cut.index(blob.len());
             prop_assert!(s.open(&id, &blob[..n]).is_err());
+            prop_assert!(s.open_in_place(&id, &mut blob.clone()[..n]).is_err());
             let mut longer = blob.clone();
             longer.push(0);
             prop_assert!(s.open(&id, &longer).is_err());
+            prop_assert!(s.open_in_place(&id, &mut longer).is_err());
         }
     }
 
@@ -497,6 +553,10 @@ mod tests {
             let blob = sealer(&k, c).seal(&id, &data).unwrap();
             let other_id = k.chunk_id(b"other");
             let e = sealer(&k, c).open(&other_id, &blob).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Integrity);
+            let e = sealer(&k, c)
+                .open_in_place(&other_id, &mut blob.clone())
+                .unwrap_err();
             assert_eq!(e.kind(), ErrorKind::Integrity);
             let e = sealer(&keys(5), c).open(&id, &blob).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::Integrity);

@@ -1,10 +1,11 @@
 //! A bounded in-memory read cache of decoded packs and chunk plaintexts,
 //! so repeated reads do not go back to the backends. Counts hits and misses.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use asheville_core::{ChunkId, PackId};
+use bytes::Bytes;
 use lru::LruCache;
 
 /// What is cached.
@@ -16,7 +17,7 @@ pub enum CacheKey {
     Pack(PackId),
 }
 
-type Lru = LruCache<CacheKey, Arc<Vec<u8>>>;
+type Lru = LruCache<CacheKey, Bytes>;
 
 /// Hit and miss counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -52,7 +53,7 @@ impl ReadCache {
     }
 
     /// Looks `key` up, counting a hit or a miss.
-    pub fn get(&self, key: &CacheKey) -> Option<Arc<Vec<u8>>> {
+    pub fn get(&self, key: &CacheKey) -> Option<Bytes> {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let v = g.0.get(key).cloned();
         let counter = if v.is_some() {
@@ -65,13 +66,13 @@ impl ReadCache {
     }
 
     /// Looks `key` up without counting.
-    pub fn peek(&self, key: &CacheKey) -> Option<Arc<Vec<u8>>> {
+    pub fn peek(&self, key: &CacheKey) -> Option<Bytes> {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         g.0.get(key).cloned()
     }
 
     /// Inserts, evicting as needed.
-    pub fn put(&self, key: CacheKey, value: Arc<Vec<u8>>) {
+    pub fn put(&self, key: CacheKey, value: Bytes) {
         if value.len() > self.capacity {
             return;
         }

@@ -11,7 +11,7 @@ use asheville_core::{
     ChunkId, Codec, KeyFile, MasterKey, PackId, Placement, Sealer, Slot, TenantKeys, aead,
     redundancy::SHARD_HEADER_LEN,
 };
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -572,14 +572,23 @@ pub(crate) fn join_err(e: tokio::task::JoinError) -> Error {
     Error::new(ErrorKind::Other, "a background task failed").set_source(e)
 }
 
-/// A chunk's plaintext shared with the read cache, as the owner of a
-/// [`Bytes`].
-struct SharedChunk(Arc<Vec<u8>>);
-
-impl AsRef<[u8]> for SharedChunk {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
+/// Opens `blob` (authenticated, decrypted, decompressed): in place when
+/// this is the only handle to its buffer (a local backend's read), so the
+/// plaintext of a chunk stored uncompressed is a slice of what was read;
+/// otherwise into a new buffer.
+fn open_bytes(sealer: &Sealer, id: &ChunkId, blob: Bytes) -> asheville_core::Result<Bytes> {
+    match blob.try_into_mut() {
+        Ok(buf) => open_mut(sealer, id, buf),
+        Err(shared) => sealer.open(id, &shared).map(Bytes::from),
     }
+}
+
+/// [`open_bytes`] of a buffer this caller owns: always in place.
+fn open_mut(sealer: &Sealer, id: &ChunkId, mut blob: BytesMut) -> asheville_core::Result<Bytes> {
+    Ok(match sealer.open_in_place(id, &mut blob)? {
+        asheville_core::Opened::InPlace(r) => blob.freeze().slice(r),
+        asheville_core::Opened::Decompressed(plain) => Bytes::from(plain),
+    })
 }
 
 /// One tenant's view of a repository: its keys and its namespace.
@@ -1570,8 +1579,7 @@ impl Tenant {
                     if (*bytes as f64) < opts.repack_below * rec.data_len as f64 {
                         for id in ids {
                             let plain = self.read_plain(id, false).await?;
-                            let plain = Arc::try_unwrap(plain).unwrap_or_else(|a| a.to_vec());
-                            writer.add(*id, Bytes::from(plain)).await?;
+                            writer.add(*id, plain).await?;
                             report.blobs_moved += 1;
                         }
                         repacked.push(pack);
@@ -1693,7 +1701,7 @@ impl Tenant {
                     let data = t.read_chunk(&c, admit).await?;
                     // No copy: the piece shares the chunk's buffer (also
                     // held by the read cache).
-                    Ok::<_, Error>(Bytes::from_owner(SharedChunk(data)).slice(a..b))
+                    Ok::<_, Error>(data.slice(a..b))
                 }
             })
             .buffered(4);
@@ -1768,7 +1776,7 @@ impl Tenant {
     /// `admit` puts the chunk into the read cache; whole-tree restores and
     /// repacks read each chunk once and pass `false`, so they neither fill
     /// the cache (memory) nor push out what other readers use.
-    async fn read_chunk(&self, c: &ChunkRef, admit: bool) -> Result<Arc<Vec<u8>>> {
+    async fn read_chunk(&self, c: &ChunkRef, admit: bool) -> Result<Bytes> {
         let v = self.read_plain(&c.id, admit).await?;
         if v.len() != c.len as usize {
             return Err(Error::new(
@@ -1793,7 +1801,7 @@ impl Tenant {
     /// shards, a pack in the cache) goes through the single-chunk path,
     /// which decodes from any `k` good shards. Bypasses the read cache.
     /// Never returns bytes that did not authenticate.
-    pub(crate) async fn read_chunks(&self, chunks: &[ChunkRef]) -> Result<Vec<Arc<Vec<u8>>>> {
+    pub(crate) async fn read_chunks(&self, chunks: &[ChunkRef]) -> Result<Vec<Bytes>> {
         struct Want {
             pack: Arc<PackRecord>,
             shard: usize,
@@ -1846,7 +1854,7 @@ impl Tenant {
             }
         }
         let wants = &wants;
-        let mut out: Vec<Option<Arc<Vec<u8>>>> = vec![None; chunks.len()];
+        let mut out: Vec<Option<Bytes>> = vec![None; chunks.len()];
         let mut fetched =
             futures::stream::iter(runs.into_iter().map(|(first, end, r)| async move {
                 let w = &wants[first];
@@ -1863,14 +1871,34 @@ impl Tenant {
             }))
             .buffer_unordered(8);
         while let Some((members, base, bytes)) = fetched.next().await {
+            // The run's blobs, each a slice of the run's buffer, opened in
+            // place (members are in offset order; a chunk wanted twice has
+            // the same range twice).
+            let mut rest = match bytes.map(Bytes::try_into_mut) {
+                Some(Ok(owned)) => owned,
+                // Shared with someone else (not a local backend's read):
+                // one copy, as opening each blob would make anyway.
+                Some(Err(shared)) => BytesMut::from(&shared[..]),
+                None => BytesMut::new(),
+            };
+            let mut at = base;
+            let mut last: Option<(Range<usize>, Option<Bytes>)> = None;
             for w in &wants[members] {
                 let c = &chunks[w.index];
-                let blob = bytes
-                    .as_ref()
-                    .and_then(|b| b.get(w.range.start - base..w.range.end - base));
-                let plain = blob.and_then(|blob| self.sealer.open(&c.id, blob).ok());
+                let plain = match &last {
+                    Some((r, plain)) if *r == w.range => plain.clone(),
+                    _ if w.range.start < at || w.range.end - at > rest.len() => None,
+                    _ => {
+                        rest.advance(w.range.start - at);
+                        let blob = rest.split_to(w.range.len());
+                        at = w.range.end;
+                        let plain = open_mut(&self.sealer, &c.id, blob).ok();
+                        last = Some((w.range.clone(), plain.clone()));
+                        plain
+                    }
+                };
                 match plain {
-                    Some(p) if p.len() == c.len as usize => out[w.index] = Some(Arc::new(p)),
+                    Some(p) if p.len() == c.len as usize => out[w.index] = Some(p),
                     _ => slow.push(w.index),
                 }
             }
@@ -1884,7 +1912,7 @@ impl Tenant {
     }
 
     /// A chunk's plaintext (authenticated), from the cache or the backends.
-    async fn read_plain(&self, id: &ChunkId, admit: bool) -> Result<Arc<Vec<u8>>> {
+    async fn read_plain(&self, id: &ChunkId, admit: bool) -> Result<Bytes> {
         let id = *id;
         let inner = &self.repo.inner;
         let ck = CacheKey::Chunk(self.name.clone(), id);
@@ -1897,7 +1925,7 @@ impl Tenant {
         })?;
         let pack = self.repo.pack_record(&loc.pack)?;
         let fast = match self.read_blob_direct(&pack, &loc).await {
-            Ok(blob) => self.sealer.open(&id, &blob).map_err(Error::from),
+            Ok(blob) => open_bytes(&self.sealer, &id, blob).map_err(Error::from),
             Err(e) => Err(e),
         };
         let plain = match fast {
@@ -1912,14 +1940,14 @@ impl Tenant {
                     })?;
                 self.sealer
                     .open(&id, blob)
+                    .map(Bytes::from)
                     .map_err(|e| Error::from(e).with_context("pack", pack.id))?
             }
         };
-        let v = Arc::new(plain);
         if admit {
-            inner.cache.put(ck, v.clone());
+            inner.cache.put(ck, plain.clone());
         }
-        Ok(v)
+        Ok(plain)
     }
 
     /// The blob's bytes read straight from the data shard(s) holding them
@@ -1928,10 +1956,10 @@ impl Tenant {
         let inner = &self.repo.inner;
         if let Some(data) = inner.cache.peek(&CacheKey::Pack(pack.id)) {
             let r = loc.offset as usize..(loc.offset + u64::from(loc.len)) as usize;
-            return data
-                .get(r)
-                .map(Bytes::copy_from_slice)
-                .ok_or_else(|| Error::new(ErrorKind::Integrity, "blob outside pack"));
+            if r.end > data.len() {
+                return Err(Error::new(ErrorKind::Integrity, "blob outside pack"));
+            }
+            return Ok(data.slice(r));
         }
         let parts = inner
             .codec
@@ -1969,7 +1997,7 @@ impl Tenant {
     }
 
     /// The whole pack, decoded from whichever shards verify (cached).
-    async fn read_pack(&self, pack: &PackRecord) -> Result<Arc<Vec<u8>>> {
+    async fn read_pack(&self, pack: &PackRecord) -> Result<Bytes> {
         let inner = &self.repo.inner;
         let key = CacheKey::Pack(pack.id);
         if let Some(v) = inner.cache.peek(&key) {
@@ -1986,7 +2014,7 @@ impl Tenant {
             .codec
             .decode(&slots)
             .map_err(|e| Error::from(e).with_context("pack", pack.id))?;
-        let v = Arc::new(decoded.data);
+        let v = Bytes::from(decoded.data);
         inner.cache.put(key, v.clone());
         Ok(v)
     }

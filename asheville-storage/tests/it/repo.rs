@@ -745,6 +745,36 @@ async fn put_tree_commits_each_batch_while_the_next_fills_and_keeps_whole_batche
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_batch_gives_every_file_its_bytes_when_files_share_a_chunk() {
+    use asheville_storage::tree::{NoProgress, PutOptions, get_tree, put_tree};
+    let dir = tempfile::tempdir().unwrap();
+    let (_repo, t) = temp_repo(dir.path(), 3, "rs(2,1)", |_| {}).await;
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    // One chunk wanted six times in one batch (its blob read once, opened
+    // in place), compressed chunks (opened into new buffers) and distinct
+    // ones between them.
+    let same = random(3_000, 1);
+    let text = b"a chunk that compresses well. ".repeat(300);
+    for i in 0..6 {
+        std::fs::write(src.join(format!("same{i}")), &same).unwrap();
+        std::fs::write(src.join(format!("text{i}")), &text).unwrap();
+        std::fs::write(
+            src.join(format!("other{i}")),
+            random(2_000 + i, 10 + i as u64),
+        )
+        .unwrap();
+    }
+    put_tree(&t, &src, "/tree", PutOptions::default(), &NoProgress)
+        .await
+        .unwrap();
+    let out = dir.path().join("out");
+    let r = get_tree(&t, "/tree", &out, &NoProgress).await.unwrap();
+    assert_eq!(r.files, 18);
+    assert_same_tree(&src, &out);
+}
+
 /// A repository (`rs(2,1)`, a read cache of `cache_bytes`) holding
 /// [`small_file_tree`] of `n` files under `/tree`, restored once to `out`
 /// and checked: (repository, tenant, source, out).
