@@ -85,13 +85,15 @@ fn walk(
     skipped: &mut Vec<(String, String)>,
 ) -> Result<()> {
     let dir = root.join(rel);
+    // Each name is fetched once (`DirEntry::file_name` allocates).
     let mut entries: Vec<_> = std::fs::read_dir(&dir)
         .map_err(|e| Error::io("cannot read directory", e).with_context("dir", dir.display()))?
+        .map(|e| e.map(|e| (e.file_name(), e)))
         .collect::<std::io::Result<_>>()
         .map_err(|e| Error::io("cannot read directory", e).with_context("dir", dir.display()))?;
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let rel_child = rel.join(e.file_name());
+    entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    for (name, e) in entries {
+        let rel_child = rel.join(name);
         let ft = e.file_type().map_err(|err| {
             Error::io("cannot stat", err).with_context("path", e.path().display())
         })?;
@@ -124,6 +126,65 @@ fn remote_for(remote_root: &RepoPath, rel: &Path) -> Result<String> {
     })
 }
 
+/// A local file or directory tree, walked and stat'ed, ready for
+/// [`put_listed`].
+///
+/// Listing touches only the local filesystem, so a caller can run it while
+/// it opens the repository, whose key derivation (Argon2id) takes about as
+/// long as walking a large tree; the `asheville` CLI does.
+#[derive(Debug)]
+pub struct LocalListing {
+    /// Directory the files' relative paths start from.
+    root: PathBuf,
+    files: Vec<(PathBuf, u64, FileMeta)>,
+    skipped: Vec<(String, String)>,
+    /// `local` was a single file (stored under the remote path itself).
+    single: bool,
+    /// When the listing began: a put's reported time counts from here.
+    started: Instant,
+}
+
+impl LocalListing {
+    /// Lists `local`: the file itself, or every regular file below the
+    /// directory (symlinks, sockets and devices are skipped and reported).
+    pub fn new(local: &Path) -> Result<LocalListing> {
+        let started = Instant::now();
+        let meta = std::fs::metadata(local)
+            .map_err(|e| Error::io("cannot stat", e).with_context("path", local.display()))?;
+        let mut skipped = Vec::new();
+        if meta.is_dir() {
+            let mut files = Vec::new();
+            walk(local, Path::new(""), &mut files, &mut skipped)?;
+            return Ok(LocalListing {
+                root: local.to_path_buf(),
+                files,
+                skipped,
+                single: false,
+                started,
+            });
+        }
+        let parent = local.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let name = PathBuf::from(local.file_name().unwrap_or_default());
+        Ok(LocalListing {
+            root: parent,
+            files: vec![(name, meta.len(), crate::repository::local_meta(&meta))],
+            skipped,
+            single: true,
+            started,
+        })
+    }
+
+    /// Regular files listed.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Whether no file was listed.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+}
+
 /// Stores `local` (a file or a directory, recursively) under `remote`.
 /// A file goes to `remote` itself; a directory's files go below it.
 pub async fn put_tree(
@@ -133,33 +194,38 @@ pub async fn put_tree(
     opts: PutOptions,
     progress: &dyn Progress,
 ) -> Result<TreeReport> {
-    let started = Instant::now();
+    put_listed(t, LocalListing::new(local)?, remote, opts, progress).await
+}
+
+/// [`put_tree`] of a tree already listed with [`LocalListing::new`].
+pub async fn put_listed(
+    t: &Tenant,
+    listing: LocalListing,
+    remote: &str,
+    opts: PutOptions,
+    progress: &dyn Progress,
+) -> Result<TreeReport> {
+    let LocalListing {
+        root,
+        files,
+        skipped,
+        single,
+        started,
+    } = listing;
     let remote_root = RepoPath::parse(remote)?;
-    let meta = std::fs::metadata(local)
-        .map_err(|e| Error::io("cannot stat", e).with_context("path", local.display()))?;
-    let mut report = TreeReport::default();
-    let (root, files) = if meta.is_dir() {
-        let mut files = Vec::new();
-        walk(local, Path::new(""), &mut files, &mut report.skipped)?;
-        (local.to_path_buf(), files)
-    } else {
-        if remote_root.is_root() {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                "give a remote path for a single file",
-            ));
-        }
-        let parent = local.parent().unwrap_or(Path::new(".")).to_path_buf();
-        let name = PathBuf::from(local.file_name().unwrap_or_default());
-        (
-            parent,
-            vec![(name, meta.len(), crate::repository::local_meta(&meta))],
-        )
+    if single && remote_root.is_root() {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "give a remote path for a single file",
+        ));
+    }
+    let mut report = TreeReport {
+        skipped,
+        ..TreeReport::default()
     };
     for (p, why) in &report.skipped {
         progress.skipped(p, why);
     }
-    let single = !meta.is_dir();
     let remote_of = |rel: &Path| -> Result<String> {
         if single {
             Ok(remote_root.as_str().to_owned())

@@ -454,7 +454,16 @@ async fn run(cli: &Cli) -> Result<ExitCode, Error> {
             batch_files,
             rehash,
         } => {
+            // Walk the tree while the repository opens (Argon2id takes
+            // about as long as walking 20,000 files).
+            let listing = tokio::task::spawn_blocking({
+                let local = local.clone();
+                move || tree::LocalListing::new(&local)
+            });
             let t = open(cli, true).await?;
+            let listing = listing.await.map_err(|e| {
+                Error::new(ErrorKind::Other, "the directory walk panicked").set_source(e)
+            })??;
             let remote = match remote {
                 Some(r) => r.clone(),
                 None => local
@@ -469,7 +478,7 @@ async fn run(cli: &Cli) -> Result<ExitCode, Error> {
                 skip_unchanged: !*rehash,
                 ..PutOptions::default()
             };
-            let r = tree::put_tree(&t, local, &remote, opts, &bar).await?;
+            let r = tree::put_listed(&t, listing, &remote, opts, &bar).await?;
             bar.0.finish_and_clear();
             if cli.json {
                 print_json(
