@@ -627,9 +627,11 @@ const SEAL_HANDFUL: usize = 1 << 20;
 struct OpenPack {
     id: PackId,
     tx: tokio::sync::mpsc::Sender<Vec<(ChunkId, Bytes)>>,
-    /// Chunks not yet sent to the sealing thread, and their bytes.
+    /// Chunks not yet sent to the sealing thread, their bytes, and how
+    /// many are shorter than the chunker's `min_size`.
     handful: Vec<(ChunkId, Bytes)>,
     handful_bytes: usize,
+    handful_small: usize,
     sealing: tokio::sync::oneshot::Receiver<Result<SealedPack>>,
     permit: tokio::sync::OwnedSemaphorePermit,
 }
@@ -642,6 +644,7 @@ impl OpenPack {
             return Ok(());
         }
         self.handful_bytes = 0;
+        self.handful_small = 0;
         let handful = std::mem::take(&mut self.handful);
         self.tx.send(handful).await.map_err(|_| ())
     }
@@ -669,12 +672,32 @@ struct SealedPack {
     data_len: u64,
 }
 
-/// The open pack of a write and the uploads in flight.
-struct PackWriter<'a> {
-    t: &'a Tenant,
+/// A handful with at least this many chunks shorter than the chunker's
+/// `min_size` (whole small files) makes the next handful go to the other
+/// open pack: compressing small text is what bounds a run of small files,
+/// and two packs seal on two threads. The chunks of large files stay in
+/// one pack, together for their restore. Put of the peers set's 20,000
+/// small files (CLI, 8 alternating rounds): median 1.33 -> 1.15 s.
+const SPLIT_HANDFUL_CHUNKS: usize = 8;
+
+/// One of the two packs a write fills at once.
+#[derive(Default)]
+struct Lane {
     open: Option<OpenPack>,
     /// Plaintext bytes (plus blob overhead) sent to the open pack.
     bytes: usize,
+}
+
+/// The open packs of a write and the uploads in flight.
+///
+/// A write fills one pack at a time, except during runs of small chunks,
+/// which alternate handfuls between two packs (see
+/// [`SPLIT_HANDFUL_CHUNKS`]).
+struct PackWriter<'a> {
+    t: &'a Tenant,
+    lanes: [Lane; 2],
+    /// The lane the next chunk goes to.
+    turn: usize,
     pending: HashSet<ChunkId>,
     uploads: JoinSet<Result<u64>>,
     /// Shard bytes written to the backends so far.
@@ -686,16 +709,15 @@ struct PackWriter<'a> {
 }
 
 impl<'a> PackWriter<'a> {
-    fn new(t: &'a Tenant) -> Self {
-        let cfg = &t.repo.inner.config;
+    fn new(t: &'a Tenant, permits: Arc<Semaphore>) -> Self {
         PackWriter {
             t,
-            open: None,
-            bytes: 0,
+            lanes: Default::default(),
+            turn: 0,
             pending: HashSet::new(),
             uploads: JoinSet::new(),
             stored: 0,
-            permits: Arc::new(Semaphore::new(cfg.packs_in_flight)),
+            permits,
             moving: false,
         }
     }
@@ -705,35 +727,65 @@ impl<'a> PackWriter<'a> {
             return Ok(());
         }
         let len = chunk.len();
-        let mut open = match self.open.take() {
+        // A writer waits for a permit only while it holds no open pack:
+        // the other lane's pack opens only if one is free now (waiting
+        // while holding one could wait forever with `packs_in_flight` 1,
+        // or with another batch holding the rest).
+        let mut open = match self.lanes[self.turn].open.take() {
             Some(open) => open,
-            None => self.open_pack().await?,
+            None if self.lanes[self.turn ^ 1].open.is_none() => {
+                let permit = self.permit().await?;
+                self.open_pack(permit)?
+            }
+            None => match self.permits.clone().try_acquire_owned() {
+                Ok(permit) => self.open_pack(permit)?,
+                Err(_) => {
+                    self.turn ^= 1;
+                    match self.lanes[self.turn].open.take() {
+                        Some(open) => open,
+                        None => return Err(Error::new(ErrorKind::Other, "no open pack")),
+                    }
+                }
+            },
         };
+        let lane = self.turn;
         open.handful.push((id, chunk));
         open.handful_bytes += len;
-        if open.handful_bytes >= SEAL_HANDFUL && open.send_handful().await.is_err() {
-            return Err(open.failure().await);
+        if len < self.t.repo.inner.config.chunker.min_size as usize {
+            open.handful_small += 1;
         }
-        self.open = Some(open);
-        self.bytes += len + asheville_core::seal::OVERHEAD;
-        if self.bytes >= self.t.repo.inner.config.pack_size {
-            self.flush().await?;
+        if open.handful_bytes >= SEAL_HANDFUL {
+            if open.handful_small >= SPLIT_HANDFUL_CHUNKS {
+                self.turn ^= 1;
+            }
+            if open.send_handful().await.is_err() {
+                return Err(open.failure().await);
+            }
+        }
+        let l = &mut self.lanes[lane];
+        l.open = Some(open);
+        l.bytes += len + asheville_core::seal::OVERHEAD;
+        if l.bytes >= self.t.repo.inner.config.pack_size {
+            self.flush(lane).await?;
         }
         Ok(())
     }
 
-    /// Starts a pack once a permit is free: its buffer and its sealer.
-    async fn open_pack(&mut self) -> Result<OpenPack> {
+    /// Waits for a permit to open a pack.
+    async fn permit(&mut self) -> Result<tokio::sync::OwnedSemaphorePermit> {
         // Surface a failed upload early instead of after the whole input.
         while let Some(r) = self.uploads.try_join_next() {
             self.stored += r.map_err(join_err)??;
         }
-        let permit = self
-            .permits
+        self.permits
             .clone()
             .acquire_owned()
             .await
-            .map_err(|_| Error::new(ErrorKind::Other, "semaphore closed"))?;
+            .map_err(|_| Error::new(ErrorKind::Other, "semaphore closed"))
+    }
+
+    /// Starts a pack under `permit`: its buffer and its sealer.
+    fn open_pack(&mut self, permit: tokio::sync::OwnedSemaphorePermit) -> Result<OpenPack> {
         let t = self.t;
         let id = PackId::random()?;
         let (tx, rx) = tokio::sync::mpsc::channel(SEAL_QUEUE);
@@ -755,14 +807,15 @@ impl<'a> PackWriter<'a> {
             tx,
             handful: Vec::new(),
             handful_bytes: 0,
+            handful_small: 0,
             sealing,
             permit,
         })
     }
 
-    /// Closes the open pack and starts its upload.
-    async fn flush(&mut self) -> Result<()> {
-        let Some(mut open) = self.open.take() else {
+    /// Closes the open pack of `lane` and starts its upload.
+    async fn flush(&mut self, lane: usize) -> Result<()> {
+        let Some(mut open) = self.lanes[lane].open.take() else {
             return Ok(());
         };
         if open.send_handful().await.is_err() {
@@ -776,7 +829,7 @@ impl<'a> PackWriter<'a> {
             ..
         } = open;
         drop(tx);
-        self.bytes = 0;
+        self.lanes[lane].bytes = 0;
         let t = self.t.clone();
         let moving = self.moving;
         self.uploads.spawn(async move {
@@ -792,7 +845,10 @@ impl<'a> PackWriter<'a> {
 
     /// Waits for every upload; returns the shard bytes written.
     async fn finish(mut self) -> Result<u64> {
-        let r = self.flush().await;
+        let r = match self.flush(0).await {
+            Ok(()) => self.flush(1).await,
+            Err(e) => Err(e),
+        };
         let mut first_err = r.err();
         while let Some(r) = self.uploads.join_next().await {
             match r.map_err(join_err).and_then(|r| r) {
@@ -1070,21 +1126,21 @@ impl Batch<'_> {
         }
         let catalog = self.t.repo.inner.catalog.clone();
         let tenant = self.t.name.clone();
-        // Sizes of the versions these replace (for the logical-bytes gauge).
-        let replaced: u64 = if self.t.meter.is_some() {
-            let mut sum = 0;
-            for f in &files {
-                sum += catalog.latest(&tenant, &f.path)?.map_or(0, |v| v.size);
-            }
-            sum
-        } else {
-            0
-        };
+        let metered = self.t.meter.is_some();
         let added: u64 = files.iter().map(|f| f.size).sum();
         let bytes = self.bytes;
-        let out = tokio::task::spawn_blocking(move || catalog.commit_versions(&tenant, files))
-            .await
-            .map_err(join_err)??;
+        let (out, replaced) = tokio::task::spawn_blocking(move || {
+            // Sizes of the versions these replace (for the logical-bytes gauge).
+            let mut replaced = 0;
+            if metered {
+                for f in &files {
+                    replaced += catalog.latest(&tenant, &f.path)?.map_or(0, |v| v.size);
+                }
+            }
+            Ok::<_, Error>((catalog.commit_versions(&tenant, files)?, replaced))
+        })
+        .await
+        .map_err(join_err)??;
         self.t.meter_write(
             bytes,
             added as i64 - replaced as i64,
@@ -1250,9 +1306,14 @@ impl Tenant {
         Ok(())
     }
 
-    /// Whether a meter store (and so a quota) is attached.
-    pub(crate) fn is_metered(&self) -> bool {
-        self.meter.is_some()
+    /// Whether a meter store is attached and holds a quota for this
+    /// tenant (one with at least one limit).
+    pub(crate) fn has_quota(&self) -> Result<bool> {
+        let Some(meter) = &self.meter else {
+            return Ok(false);
+        };
+        let q = meter.quota(&self.name)?;
+        Ok(q.max_stored_bytes.is_some() || q.max_ingest_per_day.is_some())
     }
 
     /// This tenant with usage metering and quotas: writes are checked
@@ -1365,9 +1426,21 @@ impl Tenant {
 
     /// A batch of writes that share packs and become visible together.
     pub fn batch(&self) -> Batch<'_> {
+        self.batch_sharing(self.pack_permits())
+    }
+
+    /// Permits for `packs_in_flight` packs open or uploading.
+    pub(crate) fn pack_permits(&self) -> Arc<Semaphore> {
+        Arc::new(Semaphore::new(self.repo.inner.config.packs_in_flight))
+    }
+
+    /// A batch whose packs take `permits` (from [`Tenant::pack_permits`]):
+    /// batches that share them, one filling while another commits, stay
+    /// within the memory of `packs_in_flight` packs together.
+    pub(crate) fn batch_sharing(&self, permits: Arc<Semaphore>) -> Batch<'_> {
         Batch {
             t: self,
-            writer: PackWriter::new(self),
+            writer: PackWriter::new(self, permits),
             files: Vec::new(),
             bytes: 0,
             failed: false,
@@ -1561,7 +1634,7 @@ impl Tenant {
                 e.1.push(id);
             }
         }
-        let mut writer = PackWriter::new(self);
+        let mut writer = PackWriter::new(self, self.pack_permits());
         writer.moving = true;
         let mut repacked = Vec::new();
         for pack in seen {

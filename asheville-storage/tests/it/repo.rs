@@ -1011,3 +1011,82 @@ fn a_commit_counts_every_reference_and_is_refused_whole_for_a_missing_chunk() {
         );
     }
 }
+
+/// Shard objects of every pack on backend 0 (with rs(2,1) over three
+/// backends, one per pack).
+async fn packs_on_backend_0(repo: &Repository) -> usize {
+    asheville_storage::Backend::list(repo.backends()[0].as_ref(), "packs/", None, 10_000)
+        .await
+        .unwrap()
+        .objects
+        .len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_of_small_files_fill_two_packs_at_once_unless_no_permit_is_free() {
+    // 700 files of 5 KB: about 3.5 handfuls of small chunks, in packs big
+    // enough (8 MiB) that none fills.
+    let bodies: Vec<Vec<u8>> = (0..700).map(|i| random(5_000, i)).collect();
+    for (in_flight, want_packs) in [(3, 2), (2, 2), (1, 1)] {
+        let dir = tempfile::tempdir().unwrap();
+        let (repo, t) = temp_repo(dir.path(), 3, "rs(2,1)", |c| {
+            c.pack_size = 8 << 20;
+            c.packs_in_flight = in_flight;
+        })
+        .await;
+        let mut batch = t.batch();
+        let fill = async {
+            for (i, body) in bodies.iter().enumerate() {
+                batch
+                    .add(&format!("s/{i:03}"), &body[..], FileMeta::default())
+                    .await
+                    .unwrap();
+            }
+            batch.commit().await.unwrap()
+        };
+        // With one permit the second pack must not wait for it forever.
+        let committed = tokio::time::timeout(std::time::Duration::from_secs(60), fill)
+            .await
+            .unwrap_or_else(|_| panic!("packs_in_flight {in_flight}: the batch hung"));
+        assert_eq!(committed.len(), 700);
+        assert_eq!(
+            packs_on_backend_0(&repo).await,
+            want_packs,
+            "packs_in_flight {in_flight}"
+        );
+        for i in [0usize, 1, 349, 350, 698, 699] {
+            assert_eq!(get(&t, &format!("s/{i:03}")).await, bodies[i], "file {i}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_tree_with_one_pack_in_flight_overlaps_batches_without_hanging_and_meters_them() {
+    use asheville_core::metering::BYTES_STORED_LOGICAL;
+    use asheville_storage::metering::{MeterStore, RedbMeterStore};
+    use asheville_storage::tree::{NoProgress, PutOptions, get_tree, put_tree};
+    let dir = tempfile::tempdir().unwrap();
+    let (_repo, t) = temp_repo(dir.path(), 3, "rs(2,1)", |c| c.packs_in_flight = 1).await;
+    // Metered, without a quota: batches commit while the next one fills.
+    let meters = Arc::new(RedbMeterStore::open(&dir.path().join("meters.redb")).unwrap());
+    let t = t.with_meter(meters.clone());
+    let src = small_file_tree(dir.path(), 400);
+    let opts = PutOptions {
+        batch_files: 60,
+        ..PutOptions::default()
+    };
+    let r = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        put_tree(&t, &src, "/tree", opts, &NoProgress),
+    )
+    .await
+    .expect("the put hung")
+    .unwrap();
+    assert_eq!(r.files, 401);
+    let total: u64 = (0..400).map(|i| 1000 + (i * 37) % 5000).sum::<usize>() as u64 + 5_000_001;
+    assert_eq!(r.bytes, total);
+    assert_eq!(meters.gauge("acme", BYTES_STORED_LOGICAL).unwrap(), total);
+    let out = dir.path().join("out");
+    get_tree(&t, "/tree", &out, &NoProgress).await.unwrap();
+    assert_same_tree(&src, &out);
+}
