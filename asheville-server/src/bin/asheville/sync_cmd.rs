@@ -37,7 +37,7 @@ pub enum SourceCmd {
         /// Only keys under this prefix of the bucket.
         #[arg(long, requires = "bucket")]
         prefix: Option<String>,
-        /// Repository directory for its files (default /sync/<user>/<name>).
+        /// Repository directory for its files (default /sync/USER/NAME: the job's user and source name).
         #[arg(long)]
         target: Option<String>,
         /// Sync periodically (`15m`, `1h`; run by `asheville worker`).
