@@ -1861,10 +1861,42 @@ impl Tenant {
         Ok(v)
     }
 
-    /// Where a chunk's blob lies (pack, offset), to order reads by.
-    pub(crate) fn blob_position(&self, id: &ChunkId) -> Option<(PackId, u64)> {
-        let loc = self.repo.inner.catalog.blob(&self.name, id).ok()??;
-        Some((loc.pack, loc.offset))
+    /// [`Tenant::stat`] of many paths at once, on tokio's blocking pool
+    /// (one catalog transaction): `None` where there is no live file.
+    pub(crate) async fn stat_many(&self, paths: Vec<RepoPath>) -> Result<Vec<Option<FileVersion>>> {
+        // In two halves at once when there are many: nothing else runs yet.
+        let mut paths = paths;
+        let second = paths.split_off(paths.len() / 2);
+        let half = |paths: Vec<RepoPath>| {
+            let (catalog, tenant) = (self.repo.inner.catalog.clone(), self.name.clone());
+            async move {
+                if paths.is_empty() {
+                    return Ok(Vec::new());
+                }
+                tokio::task::spawn_blocking(move || catalog.latest_many(&tenant, &paths))
+                    .await
+                    .map_err(join_err)?
+            }
+        };
+        let (mut a, b) = futures::future::try_join(half(paths), half(second)).await?;
+        a.extend(b);
+        Ok(a)
+    }
+
+    /// Where the blobs of `ids` lie (pack, offset), to order reads by; on
+    /// tokio's blocking pool, in one catalog transaction.
+    pub(crate) async fn blob_positions(
+        &self,
+        ids: Vec<ChunkId>,
+    ) -> Result<Vec<Option<(PackId, u64)>>> {
+        let (catalog, tenant) = (self.repo.inner.catalog.clone(), self.name.clone());
+        let locs = tokio::task::spawn_blocking(move || catalog.blobs(&tenant, &ids))
+            .await
+            .map_err(join_err)??;
+        Ok(locs
+            .into_iter()
+            .map(|l| l.map(|l| (l.pack, l.offset)))
+            .collect())
     }
 
     /// Many chunks at once, in the order given, for restores: blobs that

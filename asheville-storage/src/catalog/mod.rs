@@ -181,6 +181,16 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     fn commit_versions(&self, tenant: &str, files: Vec<NewVersion>) -> Result<Vec<FileVersion>>;
     /// The latest version of a live file.
     fn latest(&self, tenant: &str, path: &RepoPath) -> Result<Option<FileVersion>>;
+    /// [`Catalog::latest`] of each of `paths`, in order (in one read
+    /// transaction where the catalog has them).
+    fn latest_many(&self, tenant: &str, paths: &[RepoPath]) -> Result<Vec<Option<FileVersion>>> {
+        paths.iter().map(|p| self.latest(tenant, p)).collect()
+    }
+    /// [`Catalog::blob`] of each of `ids`, in order (in one read
+    /// transaction where the catalog has them).
+    fn blobs(&self, tenant: &str, ids: &[ChunkId]) -> Result<Vec<Option<BlobLoc>>> {
+        ids.iter().map(|id| self.blob(tenant, id)).collect()
+    }
     /// A given version (live or deleted file).
     fn version(&self, tenant: &str, path: &RepoPath, version: u64) -> Result<Option<FileVersion>>;
     /// All versions, oldest first.

@@ -440,6 +440,37 @@ impl Catalog for RedbCatalog {
         v.map(|v| dec(v.value())).transpose()
     }
 
+    fn latest_many(&self, tenant: &str, paths: &[RepoPath]) -> Result<Vec<Option<FileVersion>>> {
+        let r = self.db()?.begin_read()?;
+        let files = r.open_table(FILES)?;
+        let versions = r.open_table(VERSIONS)?;
+        paths
+            .iter()
+            .map(|path| {
+                let Some(head) = files.get(file_key(tenant, path).as_str())? else {
+                    return Ok(None);
+                };
+                let head: FileHead = dec(head.value())?;
+                if head.deleted {
+                    return Ok(None);
+                }
+                let v = versions.get(version_key(tenant, path, head.latest).as_slice())?;
+                v.map(|v| dec(v.value())).transpose()
+            })
+            .collect()
+    }
+
+    fn blobs(&self, tenant: &str, ids: &[ChunkId]) -> Result<Vec<Option<BlobLoc>>> {
+        let r = self.db()?.begin_read()?;
+        let t = r.open_table(BLOBS)?;
+        ids.iter()
+            .map(|id| {
+                let v = t.get(blob_key(tenant, id).as_slice())?;
+                v.map(|v| dec(v.value())).transpose()
+            })
+            .collect()
+    }
+
     fn version(&self, tenant: &str, path: &RepoPath, version: u64) -> Result<Option<FileVersion>> {
         let r = self.db()?.begin_read()?;
         let versions = r.open_table(VERSIONS)?;

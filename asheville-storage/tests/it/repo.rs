@@ -1090,3 +1090,50 @@ async fn put_tree_with_one_pack_in_flight_overlaps_batches_without_hanging_and_m
     get_tree(&t, "/tree", &out, &NoProgress).await.unwrap();
     assert_same_tree(&src, &out);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_catalog_lookups_answer_like_one_by_one() {
+    use asheville_storage::RepoPath;
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, t) = temp_repo(dir.path(), 3, "rs(2,1)", |_| {}).await;
+    let mut batch = t.batch();
+    for i in 0..40 {
+        let body = random(3_000 + i, 500 + i as u64);
+        batch
+            .add(&format!("d/{i:02}"), &body[..], FileMeta::default())
+            .await
+            .unwrap();
+    }
+    batch.commit().await.unwrap();
+    // A second version of one file, a deleted one, and a path never written.
+    t.put("d/07", &random(100, 1)[..], FileMeta::default())
+        .await
+        .unwrap();
+    t.delete("d/11").await.unwrap();
+    let mut names: Vec<String> = (0..40).map(|i| format!("d/{i:02}")).collect();
+    names.push("d/never".into());
+    names.reverse();
+    let paths: Vec<RepoPath> = names.iter().map(|n| RepoPath::parse(n).unwrap()).collect();
+    let c = repo.catalog();
+    let many = c.latest_many("acme", &paths).unwrap();
+    assert_eq!(many.len(), paths.len());
+    for (p, got) in paths.iter().zip(&many) {
+        assert_eq!(got, &c.latest("acme", p).unwrap(), "{p}");
+    }
+    assert!(many[0].is_none(), "never written");
+    assert!(many[40 - 11].is_none(), "deleted");
+    assert_eq!(many[40 - 7].as_ref().unwrap().version, 2);
+    // Blob lookups: every chunk of every live file, and an unknown id.
+    let mut ids: Vec<_> = many
+        .iter()
+        .flatten()
+        .flat_map(|fv| fv.chunks.iter().map(|c| c.id))
+        .collect();
+    ids.push(asheville_core::ChunkId::from_bytes([9; 32]));
+    let locs = c.blobs("acme", &ids).unwrap();
+    for (id, got) in ids.iter().zip(&locs) {
+        assert_eq!(got, &c.blob("acme", id).unwrap());
+    }
+    assert!(locs.last().unwrap().is_none());
+    assert!(locs[..locs.len() - 1].iter().all(Option::is_some));
+}
