@@ -1137,3 +1137,35 @@ async fn bulk_catalog_lookups_answer_like_one_by_one() {
     assert!(locs.last().unwrap().is_none());
     assert!(locs[..locs.len() - 1].iter().all(Option::is_some));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_made_before_the_put_stores_a_single_file_under_its_remote_name() {
+    use asheville_storage::tree::{LocalListing, NoProgress, PutOptions, put_listed};
+    let dir = tempfile::tempdir().unwrap();
+    let (_repo, t) = temp_repo(dir.path(), 3, "rs(2,1)", |_| {}).await;
+    let file = dir.path().join("one.bin");
+    let body = random(70_000, 3);
+    std::fs::write(&file, &body).unwrap();
+    let listing = LocalListing::new(&file).unwrap();
+    assert_eq!(listing.len(), 1);
+    // A single file needs a name: the root is refused, and nothing is stored.
+    let e = put_listed(&t, listing, "/", PutOptions::default(), &NoProgress)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    assert!(t.all_paths(None, 10).unwrap().is_empty());
+    let listing = LocalListing::new(&file).unwrap();
+    let r = put_listed(
+        &t,
+        listing,
+        "/kept/as.bin",
+        PutOptions::default(),
+        &NoProgress,
+    )
+    .await
+    .unwrap();
+    assert_eq!((r.files, r.bytes), (1, 70_000));
+    assert_eq!(get(&t, "kept/as.bin").await, body);
+    // A path that does not exist is an error before any put.
+    assert!(LocalListing::new(&dir.path().join("missing")).is_err());
+}
