@@ -234,7 +234,8 @@ pub async fn put_listed(
         }
     };
     // Unchanged files (same size, mtime and mode as their latest version)
-    // are neither read nor stored again: one catalog lookup each.
+    // are neither read nor stored again; their latest versions are looked
+    // up together.
     let mut files = files;
     if opts.skip_unchanged {
         let paths = files
