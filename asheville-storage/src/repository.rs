@@ -739,12 +739,13 @@ impl<'a> PackWriter<'a> {
             }
             None => match self.permits.clone().try_acquire_owned() {
                 Ok(permit) => self.open_pack(permit)?,
+                // The other lane's pack, open (checked above).
                 Err(_) => {
                     self.turn ^= 1;
-                    match self.lanes[self.turn].open.take() {
-                        Some(open) => open,
-                        None => return Err(Error::new(ErrorKind::Other, "no open pack")),
-                    }
+                    self.lanes[self.turn]
+                        .open
+                        .take()
+                        .ok_or_else(|| Error::new(ErrorKind::Other, "no open pack"))?
                 }
             },
         };
@@ -1862,9 +1863,10 @@ impl Tenant {
     }
 
     /// [`Tenant::stat`] of many paths at once, on tokio's blocking pool
-    /// (one catalog transaction): `None` where there is no live file.
+    /// (two catalog transactions, for the two halves of `paths`, at once):
+    /// `None` where there is no live file.
     pub(crate) async fn stat_many(&self, paths: Vec<RepoPath>) -> Result<Vec<Option<FileVersion>>> {
-        // In two halves at once when there are many: nothing else runs yet.
+        // Two halves at once: the callers run this before any other work.
         let mut paths = paths;
         let second = paths.split_off(paths.len() / 2);
         let half = |paths: Vec<RepoPath>| {

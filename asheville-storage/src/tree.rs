@@ -433,7 +433,7 @@ pub async fn get_tree(
     };
     // The versions, split into small files (restored in batches, in the
     // order their data lies in the packs) and large ones (streamed).
-    // Looked up together (two catalog transactions, not two per file):
+    // Looked up together (three catalog transactions, not two per file):
     // 20,000 files took 0.14 s one by one.
     let paths = files
         .iter()
