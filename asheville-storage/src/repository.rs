@@ -385,6 +385,15 @@ impl Repository {
             .collect())
     }
 
+    /// `tenant`'s namespace in the catalog, read without its keys (the
+    /// tenant need not exist: its namespace is then empty).
+    pub(crate) fn namespace(&self, tenant: &str) -> Namespace {
+        Namespace {
+            catalog: self.inner.catalog.clone(),
+            tenant: tenant.to_owned(),
+        }
+    }
+
     /// Gives the catalog's free space back to the filesystem when much of
     /// it is free (a large write leaves pages of its transactions behind);
     /// returns whether it did. [`crate::tree::put_tree`] and
@@ -589,6 +598,79 @@ fn open_mut(sealer: &Sealer, id: &ChunkId, mut blob: BytesMut) -> asheville_core
         asheville_core::Opened::InPlace(r) => blob.freeze().slice(r),
         asheville_core::Opened::Decompressed(plain) => Bytes::from(plain),
     })
+}
+
+/// A tenant's namespace in the catalog, read without its keys: paths,
+/// versions and where their chunks lie, not a byte of their contents. What
+/// a restore looks up before it reads anything (the CLI does it while
+/// Argon2id unlocks the key).
+#[derive(Clone)]
+pub(crate) struct Namespace {
+    catalog: Arc<dyn Catalog>,
+    tenant: String,
+}
+
+impl Namespace {
+    /// The tenant's name.
+    pub(crate) fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// The live version of `path`, if any.
+    pub(crate) fn latest(&self, path: &RepoPath) -> Result<Option<FileVersion>> {
+        self.catalog.latest(&self.tenant, path)
+    }
+
+    /// See [`Tenant::list`].
+    pub(crate) fn list(
+        &self,
+        dir: &RepoPath,
+        depth: usize,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<ListPage> {
+        self.catalog
+            .list(&self.tenant, dir, depth, cursor, limit.clamp(1, 10_000))
+    }
+
+    /// The live versions of many paths at once, on tokio's blocking pool
+    /// (two catalog transactions, for the two halves of `paths`, at once):
+    /// `None` where there is no live file.
+    pub(crate) async fn stat_many(&self, paths: Vec<RepoPath>) -> Result<Vec<Option<FileVersion>>> {
+        // Two halves at once: the callers run this before any other work.
+        let mut paths = paths;
+        let second = paths.split_off(paths.len() / 2);
+        let half = |paths: Vec<RepoPath>| {
+            let (catalog, tenant) = (self.catalog.clone(), self.tenant.clone());
+            async move {
+                if paths.is_empty() {
+                    return Ok(Vec::new());
+                }
+                tokio::task::spawn_blocking(move || catalog.latest_many(&tenant, &paths))
+                    .await
+                    .map_err(join_err)?
+            }
+        };
+        let (mut a, b) = futures::future::try_join(half(paths), half(second)).await?;
+        a.extend(b);
+        Ok(a)
+    }
+
+    /// Where the blobs of `ids` lie (pack, offset), to order reads by; on
+    /// tokio's blocking pool, in one catalog transaction.
+    pub(crate) async fn blob_positions(
+        &self,
+        ids: Vec<ChunkId>,
+    ) -> Result<Vec<Option<(PackId, u64)>>> {
+        let (catalog, tenant) = (self.catalog.clone(), self.tenant.clone());
+        let locs = tokio::task::spawn_blocking(move || catalog.blobs(&tenant, &ids))
+            .await
+            .map_err(join_err)??;
+        Ok(locs
+            .into_iter()
+            .map(|l| l.map(|l| (l.pack, l.offset)))
+            .collect())
+    }
 }
 
 /// One tenant's view of a repository: its keys and its namespace.
@@ -1862,43 +1944,9 @@ impl Tenant {
         Ok(v)
     }
 
-    /// [`Tenant::stat`] of many paths at once, on tokio's blocking pool
-    /// (two catalog transactions, for the two halves of `paths`, at once):
-    /// `None` where there is no live file.
-    pub(crate) async fn stat_many(&self, paths: Vec<RepoPath>) -> Result<Vec<Option<FileVersion>>> {
-        // Two halves at once: the callers run this before any other work.
-        let mut paths = paths;
-        let second = paths.split_off(paths.len() / 2);
-        let half = |paths: Vec<RepoPath>| {
-            let (catalog, tenant) = (self.repo.inner.catalog.clone(), self.name.clone());
-            async move {
-                if paths.is_empty() {
-                    return Ok(Vec::new());
-                }
-                tokio::task::spawn_blocking(move || catalog.latest_many(&tenant, &paths))
-                    .await
-                    .map_err(join_err)?
-            }
-        };
-        let (mut a, b) = futures::future::try_join(half(paths), half(second)).await?;
-        a.extend(b);
-        Ok(a)
-    }
-
-    /// Where the blobs of `ids` lie (pack, offset), to order reads by; on
-    /// tokio's blocking pool, in one catalog transaction.
-    pub(crate) async fn blob_positions(
-        &self,
-        ids: Vec<ChunkId>,
-    ) -> Result<Vec<Option<(PackId, u64)>>> {
-        let (catalog, tenant) = (self.repo.inner.catalog.clone(), self.name.clone());
-        let locs = tokio::task::spawn_blocking(move || catalog.blobs(&tenant, &ids))
-            .await
-            .map_err(join_err)??;
-        Ok(locs
-            .into_iter()
-            .map(|l| l.map(|l| (l.pack, l.offset)))
-            .collect())
+    /// This tenant's namespace in the catalog.
+    pub(crate) fn namespace(&self) -> Namespace {
+        self.repo.namespace(&self.name)
     }
 
     /// Many chunks at once, in the order given, for restores: blobs that

@@ -10,7 +10,9 @@ use crate::catalog::FileMeta;
 use crate::catalog::{Entry, FileVersion};
 use crate::error::{Error, ErrorKind, Result};
 use crate::path::RepoPath;
-use crate::repository::{LocalFile, READ_WHOLE_LIMIT, Tenant, WHOLE_FILE_LIMIT};
+use crate::repository::{
+    LocalFile, Namespace, READ_WHOLE_LIMIT, Repository, Tenant, WHOLE_FILE_LIMIT,
+};
 
 /// Files opened (and, when small, read) per blocking call of [`put_tree`].
 const OPEN_GROUP_FILES: usize = 64;
@@ -242,7 +244,7 @@ pub async fn put_listed(
             .iter()
             .map(|f| RepoPath::parse(&remote_of(&f.0)?))
             .collect::<Result<Vec<_>>>()?;
-        let latest = t.stat_many(paths).await?;
+        let latest = t.namespace().stat_many(paths).await?;
         let mut kept = Vec::with_capacity(files.len());
         for (f, fv) in files.into_iter().zip(latest) {
             match fv {
@@ -390,13 +392,130 @@ pub async fn get_tree(
     local: &Path,
     progress: &dyn Progress,
 ) -> Result<TreeReport> {
-    let started = Instant::now();
-    let root = RepoPath::parse(remote)?;
+    let plan = RestorePlan::of(t.namespace(), remote).await?;
+    get_planned(t, plan, local, progress).await
+}
+
+/// What a restore of a remote path will write, looked up in the catalog
+/// ahead of it: the file or the tree's files, their versions, and where
+/// the small files' data lies. Reading the catalog needs no key, so a
+/// caller can make the plan while it unlocks the tenant (Argon2id); the
+/// `asheville` CLI does.
+#[derive(Debug)]
+pub struct RestorePlan {
+    tenant: String,
+    root: RepoPath,
+    /// The remote path is a file, restored to the local path itself.
+    single: Option<FileVersion>,
+    /// Small files (with where their first chunk lies) and large ones.
+    small: Vec<(Option<(asheville_core::PackId, u64)>, FileVersion)>,
+    large: Vec<FileVersion>,
+    /// When the plan began: a restore's reported time counts from here.
+    started: Instant,
+}
+
+impl RestorePlan {
+    /// Plans the restore of `remote` from `tenant`'s namespace in `repo`.
+    /// Fails with `NotFound` when nothing lives at `remote`.
+    pub async fn new(repo: &Repository, tenant: &str, remote: &str) -> Result<RestorePlan> {
+        Self::of(repo.namespace(tenant), remote).await
+    }
+
+    async fn of(ns: Namespace, remote: &str) -> Result<RestorePlan> {
+        let started = Instant::now();
+        let root = RepoPath::parse(remote)?;
+        let mut plan = RestorePlan {
+            tenant: ns.tenant().to_owned(),
+            root,
+            single: None,
+            small: Vec::new(),
+            large: Vec::new(),
+            started,
+        };
+        // A single file?
+        if !plan.root.is_root()
+            && let Ok(Some(fv)) = ns.latest(&plan.root)
+        {
+            plan.single = Some(fv);
+            return Ok(plan);
+        }
+        let mut files = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = ns.list(&plan.root, usize::MAX, cursor.as_deref(), 5_000)?;
+            for e in page.entries {
+                if let Entry::File { path, .. } = e {
+                    files.push(path);
+                }
+            }
+            cursor = page.cursor;
+            if cursor.is_none() {
+                break;
+            }
+        }
+        if files.is_empty() {
+            return Err(Error::new(ErrorKind::NotFound, "nothing at this path")
+                .with_context("path", &plan.root));
+        }
+        // The versions, split into small files (restored in batches, in
+        // the order their data lies in the packs) and large ones
+        // (streamed). Looked up together (three catalog transactions, not
+        // two per file): 20,000 files took 0.14 s one by one.
+        let paths = files
+            .iter()
+            .map(|p| RepoPath::parse(p))
+            .collect::<Result<Vec<_>>>()?;
+        let versions = ns.stat_many(paths).await?;
+        for (path, fv) in files.into_iter().zip(versions) {
+            let fv = fv.ok_or_else(|| {
+                Error::new(ErrorKind::NotFound, "no such file").with_context("path", &path)
+            })?;
+            if fv.size <= BATCH_FILE_LIMIT {
+                plan.small.push((None, fv));
+            } else {
+                plan.large.push(fv);
+            }
+        }
+        let firsts = plan
+            .small
+            .iter()
+            .filter_map(|(_, fv)| fv.chunks.first().map(|c| c.id))
+            .collect();
+        let mut positions = ns.blob_positions(firsts).await?.into_iter();
+        for (at, fv) in &mut plan.small {
+            if !fv.chunks.is_empty() {
+                *at = positions.next().flatten();
+            }
+        }
+        Ok(plan)
+    }
+}
+
+/// [`get_tree`] of a restore planned with [`RestorePlan::new`] (from the
+/// same tenant of the same repository).
+pub async fn get_planned(
+    t: &Tenant,
+    plan: RestorePlan,
+    local: &Path,
+    progress: &dyn Progress,
+) -> Result<TreeReport> {
+    let RestorePlan {
+        tenant,
+        root,
+        single,
+        small,
+        large,
+        started,
+    } = plan;
+    if tenant != t.name() {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "the restore was planned for another tenant",
+        )
+        .with_context("tenant", t.name()));
+    }
     let mut report = TreeReport::default();
-    // A single file?
-    if !root.is_root()
-        && let Ok(fv) = t.stat(root.as_str())
-    {
+    if let Some(fv) = single {
         progress.start(1, fv.size);
         restore_file(t, &fv, local).await?;
         progress.file_done(&fv.path, fv.size);
@@ -405,64 +524,34 @@ pub async fn get_tree(
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
     }
-    let mut files = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let page = t.list(root.as_str(), usize::MAX, cursor.as_deref(), 5_000)?;
-        for e in page.entries {
-            if let Entry::File { path, size, .. } = e {
-                files.push((path, size));
-            }
-        }
-        cursor = page.cursor;
-        if cursor.is_none() {
-            break;
-        }
-    }
-    if files.is_empty() {
-        return Err(
-            Error::new(ErrorKind::NotFound, "nothing at this path").with_context("path", &root)
-        );
-    }
-    progress.start(files.len() as u64, files.iter().map(|f| f.1).sum());
+    progress.start(
+        (small.len() + large.len()) as u64,
+        small
+            .iter()
+            .map(|f| f.1.size)
+            .chain(large.iter().map(|f| f.size))
+            .sum(),
+    );
     let prefix_len = if root.is_root() {
         0
     } else {
         root.as_str().len() + 1
     };
-    // The versions, split into small files (restored in batches, in the
-    // order their data lies in the packs) and large ones (streamed).
-    // Looked up together (three catalog transactions, not two per file):
-    // 20,000 files took 0.14 s one by one.
-    let paths = files
-        .iter()
-        .map(|(p, _)| RepoPath::parse(p))
-        .collect::<Result<Vec<_>>>()?;
-    let versions = t.stat_many(paths).await?;
-    let mut small = Vec::new();
-    let mut large = Vec::new();
-    for ((path, _), fv) in files.into_iter().zip(versions) {
-        let dest = local.join(&path[prefix_len..]);
-        let fv = fv.ok_or_else(|| {
-            Error::new(ErrorKind::NotFound, "no such file").with_context("path", &path)
-        })?;
-        if fv.size <= BATCH_FILE_LIMIT {
-            small.push((None, fv, dest));
-        } else {
-            large.push((fv, dest));
-        }
-    }
-    // Small files are restored in the order their data lies in the packs.
-    let firsts = small
-        .iter()
-        .filter_map(|(_, fv, _)| fv.chunks.first().map(|c| c.id))
+    let dest = |fv: &FileVersion| local.join(&fv.path[prefix_len..]);
+    let mut small: Vec<_> = small
+        .into_iter()
+        .map(|(at, fv)| {
+            let d = dest(&fv);
+            (at, fv, d)
+        })
         .collect();
-    let mut positions = t.blob_positions(firsts).await?.into_iter();
-    for (at, fv, _) in &mut small {
-        if !fv.chunks.is_empty() {
-            *at = positions.next().flatten();
-        }
-    }
+    let large: Vec<_> = large
+        .into_iter()
+        .map(|fv| {
+            let d = dest(&fv);
+            (fv, d)
+        })
+        .collect();
     // Every directory once, up front.
     let dirs: std::collections::BTreeSet<PathBuf> = small
         .iter()

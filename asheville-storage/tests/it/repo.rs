@@ -1169,3 +1169,57 @@ async fn a_listing_made_before_the_put_stores_a_single_file_under_its_remote_nam
     // A path that does not exist is an error before any put.
     assert!(LocalListing::new(&dir.path().join("missing")).is_err());
 }
+
+#[tokio::test]
+async fn a_restore_planned_before_the_key_is_unlocked_restores_the_tree_and_only_for_its_tenant() {
+    use asheville_storage::tree::{NoProgress, PutOptions, RestorePlan, get_planned, put_tree};
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, t) = temp_repo(dir.path(), 3, "rs(2,1)", |_| {}).await;
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    let (small, large) = (random(5_000, 1), random(3 << 20, 2));
+    std::fs::write(src.join("d/small.txt"), &small).unwrap();
+    std::fs::write(src.join("large.bin"), &large).unwrap();
+    put_tree(&t, &src, "/tree", PutOptions::default(), &NoProgress)
+        .await
+        .unwrap();
+    // Planned from the repository and the tenant's name alone.
+    let plan = RestorePlan::new(&repo, "acme", "/tree").await.unwrap();
+    let out = dir.path().join("out");
+    let r = get_planned(&t, plan, &out, &NoProgress).await.unwrap();
+    assert_eq!((r.files, r.bytes), (2, 5_000 + (3 << 20)));
+    assert_eq!(std::fs::read(out.join("d/small.txt")).unwrap(), small);
+    assert_eq!(std::fs::read(out.join("large.bin")).unwrap(), large);
+    // A single file is restored to the local path itself.
+    let plan = RestorePlan::new(&repo, "acme", "/tree/large.bin")
+        .await
+        .unwrap();
+    let one = dir.path().join("one.bin");
+    get_planned(&t, plan, &one, &NoProgress).await.unwrap();
+    assert_eq!(std::fs::read(&one).unwrap(), large);
+    // Nothing there: NotFound, before any key is needed.
+    let e = RestorePlan::new(&repo, "acme", "/nowhere")
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    // Another tenant's plan (its namespace is empty here) is refused, and
+    // a plan made for another tenant is not restored by this one.
+    assert_eq!(
+        RestorePlan::new(&repo, "other", "/tree")
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound
+    );
+    let other = repo
+        .create_tenant("other", TenantKey::Passphrase("po".into()))
+        .await
+        .unwrap();
+    let plan = RestorePlan::new(&repo, "acme", "/tree").await.unwrap();
+    let elsewhere = dir.path().join("elsewhere");
+    let e = get_planned(&other, plan, &elsewhere, &NoProgress)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    assert!(!elsewhere.exists(), "nothing was written");
+}

@@ -360,6 +360,12 @@ async fn open_unmetered(cli: &Cli, create_if_missing: bool) -> Result<Tenant, Er
         return init(cli, default_config(&cli.data_dir, "rs(2,1)".parse()?, 3)?).await;
     }
     let repo = Repository::open(&cat).await?;
+    unlock(cli, &repo, create_if_missing).await
+}
+
+/// The tenant of `repo` the CLI acts as, unlocked with the passphrase
+/// (Argon2id), or created if missing and `create_if_missing`.
+async fn unlock(cli: &Cli, repo: &Repository, create_if_missing: bool) -> Result<Tenant, Error> {
     let pw = passphrase(cli)?;
     match repo
         .tenant(&cli.tenant, TenantKey::Passphrase(pw.clone()))
@@ -498,9 +504,19 @@ async fn run(cli: &Cli) -> Result<ExitCode, Error> {
             }
         }
         Cmd::Get { remote, local } => {
-            let t = open(cli, false).await?;
+            // Plan the restore (catalog lookups, which need no key) while
+            // Argon2id unlocks the tenant; a wrong passphrase still fails
+            // before anything is written or shown.
+            let repo = Repository::open(&catalog_path(&cli.data_dir)).await?;
+            let (t, plan) = futures::future::join(
+                unlock(cli, &repo, false),
+                tree::RestorePlan::new(&repo, &cli.tenant, remote),
+            )
+            .await;
+            let t = t?.with_meter(usage_cmd::meters(cli)?);
+            let plan = plan?;
             let bar = Bar::new(cli.json);
-            let r = tree::get_tree(&t, remote, local, &bar).await?;
+            let r = tree::get_planned(&t, plan, local, &bar).await?;
             bar.0.finish_and_clear();
             if cli.json {
                 print_json(
