@@ -1561,11 +1561,8 @@ impl Tenant {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<ListPage> {
-        let p = RepoPath::parse(dir)?;
-        self.repo
-            .inner
-            .catalog
-            .list(&self.name, &p, depth, cursor, limit.clamp(1, 10_000))
+        self.namespace()
+            .list(&RepoPath::parse(dir)?, depth, cursor, limit)
     }
 
     /// Deletes `path`: it disappears from listings and `stat`; its versions

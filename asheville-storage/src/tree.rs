@@ -400,8 +400,8 @@ pub async fn get_tree(
 /// ahead of it: the file or the tree's files, their versions, and where
 /// the small files' data lies. Reading the catalog needs no key, so a
 /// caller can make the plan while it unlocks the tenant (Argon2id); the
-/// `asheville` CLI does.
-#[derive(Debug)]
+/// `asheville` CLI does. Only [`get_planned`], with the tenant unlocked,
+/// reads what it holds; its `Debug` shows counts, not paths.
 pub struct RestorePlan {
     tenant: String,
     root: RepoPath,
@@ -412,6 +412,17 @@ pub struct RestorePlan {
     large: Vec<FileVersion>,
     /// When the plan began: a restore's reported time counts from here.
     started: Instant,
+}
+
+impl std::fmt::Debug for RestorePlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestorePlan")
+            .field("tenant", &self.tenant)
+            .field("single", &self.single.is_some())
+            .field("small", &self.small.len())
+            .field("large", &self.large.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl RestorePlan {
