@@ -604,7 +604,6 @@ fn open_mut(sealer: &Sealer, id: &ChunkId, mut blob: BytesMut) -> asheville_core
 /// versions and where their chunks lie, not a byte of their contents. What
 /// a restore looks up before it reads anything (the CLI does it while
 /// Argon2id unlocks the key).
-#[derive(Clone)]
 pub(crate) struct Namespace {
     catalog: Arc<dyn Catalog>,
     tenant: String,
