@@ -7,7 +7,10 @@
 //! random), and duplicated copies of some large files. About 1 GiB at
 //! `ASHEVILLE_BENCH_SCALE=1` (the default). Runs `rs(4,2)` over 6 local
 //! backends in a temp dir, and `none` over 1 for comparison. Peak RSS is
-//! VmHWM of this process, reset before each phase.
+//! VmHWM of this process, reset before each phase. After the get, the
+//! same tree is restored again with drop-behind (large files written back
+//! and dropped from the page cache as they are written, `asheville get
+//! --drop-behind`), into a second directory.
 //!
 //! Knobs: `ASHEVILLE_BENCH_POLICIES="rs(4,2) none"` (space-separated; `rs(k,m)`
 //! gets k+m backends, `replicas(n)` n, `none` one) and `ASHEVILLE_BENCH_ZSTD`
@@ -180,9 +183,9 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!();
     println!(
-        "| redundancy | backends | put MB/s | put files/s | put peak RSS MiB | get MB/s | get files/s | get peak RSS MiB | stored MiB |"
+        "| redundancy | backends | put MB/s | put files/s | put peak RSS MiB | get MB/s | get files/s | get peak RSS MiB | get --drop-behind MB/s | stored MiB |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let policies =
         std::env::var("ASHEVILLE_BENCH_POLICIES").unwrap_or_else(|_| "rs(4,2) none".into());
     let mut done = Vec::new();
@@ -215,13 +218,21 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             (files, bytes),
             "restore is complete"
         );
+        // Again, with large files written back and dropped from the page
+        // cache as they are written (`asheville get --drop-behind`).
+        let plan = tree::RestorePlan::new(&repo, "bench", "data")
+            .await?
+            .drop_behind(true);
+        let behind = tree::get_planned(&t, plan, &work.join("restored-db"), &NoProgress).await?;
+        assert_eq!((behind.files, behind.bytes), (files, bytes));
         let stored = dir_size(&work.join("repo"));
         println!(
-            "| {policy} | {n} | {:.0} | {:.0} | {put_rss:.0} | {:.0} | {:.0} | {get_rss:.0} | {:.0} |",
+            "| {policy} | {n} | {:.0} | {:.0} | {put_rss:.0} | {:.0} | {:.0} | {get_rss:.0} | {:.0} | {:.0} |",
             put.bytes as f64 / put.seconds / 1e6,
             put.files as f64 / put.seconds,
             get.bytes as f64 / get.seconds / 1e6,
             get.files as f64 / get.seconds,
+            behind.bytes as f64 / behind.seconds / 1e6,
             stored as f64 / 1048576.0,
         );
         drop((t, repo));

@@ -35,6 +35,7 @@ pub mod catalog;
 pub mod chunking;
 pub mod config;
 pub mod conformance;
+mod dropbehind;
 pub mod error;
 pub mod journal;
 pub mod maintenance;

@@ -1223,3 +1223,50 @@ async fn a_restore_planned_before_the_key_is_unlocked_restores_the_tree_and_only
     assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
     assert!(!elsewhere.exists(), "nothing was written");
 }
+
+#[tokio::test]
+async fn a_restore_with_drop_behind_gives_back_the_same_bytes_and_times() {
+    use asheville_storage::tree::{NoProgress, PutOptions, RestorePlan, get_planned, put_tree};
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, t) = temp_repo(dir.path(), 3, "rs(2,1)", |_| {}).await;
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    // Two files of several 8 MiB windows (40 MiB in all, past the 32 MiB
+    // that may wait to be written back), one restored whole (2 MiB), and a
+    // small one (batched, written as usual).
+    let files = [
+        ("a.bin", random(20 << 20, 11)),
+        ("d/b.bin", random((20 << 20) + 12_345, 12)),
+        ("d/c.bin", random(2 << 20, 13)),
+        ("d/small.txt", random(7_000, 14)),
+    ];
+    for (name, data) in &files {
+        std::fs::write(src.join(name), data).unwrap();
+    }
+    put_tree(&t, &src, "/tree", PutOptions::default(), &NoProgress)
+        .await
+        .unwrap();
+    let plan = RestorePlan::new(&repo, "acme", "/tree")
+        .await
+        .unwrap()
+        .drop_behind(true);
+    assert!(format!("{plan:?}").contains("drop_behind: true"));
+    let out = dir.path().join("out");
+    let r = get_planned(&t, plan, &out, &NoProgress).await.unwrap();
+    assert_eq!(r.files, 4);
+    for (name, data) in &files {
+        let got = std::fs::read(out.join(name)).unwrap();
+        assert!(got == *data, "{name} differs");
+        assert_eq!(
+            std::fs::metadata(out.join(name))
+                .unwrap()
+                .modified()
+                .unwrap(),
+            std::fs::metadata(src.join(name))
+                .unwrap()
+                .modified()
+                .unwrap(),
+            "{name}'s mtime"
+        );
+    }
+}

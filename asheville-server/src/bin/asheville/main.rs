@@ -84,6 +84,12 @@ enum Cmd {
         remote: String,
         /// Local destination.
         local: PathBuf,
+        /// Write files over 1 MiB back to the disk as they are restored and
+        /// drop them from the page cache once written, so what the machine
+        /// was caching stays cached. Slower where free memory is quick to
+        /// take (the restore waits for the disk), quicker where it is not.
+        #[arg(long)]
+        drop_behind: bool,
     },
     /// List a directory.
     Ls {
@@ -503,7 +509,11 @@ async fn run(cli: &Cli) -> Result<ExitCode, Error> {
                 );
             }
         }
-        Cmd::Get { remote, local } => {
+        Cmd::Get {
+            remote,
+            local,
+            drop_behind,
+        } => {
             // Plan the restore (catalog lookups, which need no key) while
             // Argon2id unlocks the tenant; a wrong passphrase still fails
             // before anything is written or shown.
@@ -514,7 +524,7 @@ async fn run(cli: &Cli) -> Result<ExitCode, Error> {
             )
             .await;
             let t = t?.with_meter(usage_cmd::meters(cli)?);
-            let plan = plan?;
+            let plan = plan?.drop_behind(*drop_behind);
             let bar = Bar::new(cli.json);
             let r = tree::get_planned(&t, plan, local, &bar).await?;
             bar.0.finish_and_clear();
