@@ -60,6 +60,22 @@ fn behind(file: &Arc<File>, offset: u64, len: u64) {
     }
 }
 
+/// Lets go of every queued range without waiting for it: pages already
+/// written back are dropped, the rest stay cached, and the files are
+/// closed. Called when a restore ends, so an idle process holds no file.
+pub(crate) fn release() {
+    let ranges = match BEHIND.lock() {
+        Ok(mut q) => {
+            q.bytes = 0;
+            std::mem::take(&mut q.ranges)
+        }
+        Err(_) => return,
+    };
+    for (f, off, n) in ranges {
+        dont_need(&f, off, n);
+    }
+}
+
 /// A file written front to back; with drop-behind on, its pages are
 /// written back and dropped from the page cache behind the writer (see
 /// the module docs), otherwise an ordinary buffered writer.
@@ -140,13 +156,21 @@ fn wait_and_drop(file: &File, offset: u64, len: u64) {
                 | libc::SYNC_FILE_RANGE_WRITE
                 | libc::SYNC_FILE_RANGE_WAIT_AFTER,
         );
-        let _ = rustix::fs::fadvise(
-            file,
-            offset,
-            std::num::NonZeroU64::new(len),
-            rustix::fs::Advice::DontNeed,
-        );
+        dont_need(file, offset, len);
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, len);
+}
+
+/// Drops the clean pages of `len` bytes at `offset` from the page cache.
+fn dont_need(file: &File, offset: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    let _ = rustix::fs::fadvise(
+        file,
+        offset,
+        std::num::NonZeroU64::new(len),
+        rustix::fs::Advice::DontNeed,
+    );
     #[cfg(not(target_os = "linux"))]
     let _ = (file, offset, len);
 }

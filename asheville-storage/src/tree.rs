@@ -437,10 +437,12 @@ impl RestorePlan {
         Self::of(repo.namespace(tenant), remote).await
     }
 
-    /// Restore files over 1 MiB without filling the page cache (off by
-    /// default): each is written back to the disk as it is written, and its
-    /// pages are dropped from the cache once on the disk, 32 MiB (over all
-    /// files) behind the writer; small files are written as usual. What the
+    /// Restore files over 1 MiB (and the file of a single-file restore)
+    /// without filling the page cache (off by default): each is written
+    /// back to the disk as it is written, and its pages are dropped from
+    /// the cache once on the disk, 32 MiB (over all files) behind the
+    /// writer; the last 32 MiB are left to the kernel when the restore
+    /// ends. Files up to 1 MiB in a tree are written as usual. What the
     /// machine was caching stays cached, and dirty memory stays bounded.
     /// Restores that way are slower where free memory is quick to take
     /// (they wait for the disk: a cold restore of the peers set in the
@@ -547,6 +549,31 @@ pub async fn get_planned(
         )
         .with_context("tenant", t.name()));
     }
+    let r = restore_planned(t, root, single, small, large, drop_behind, local, progress).await;
+    if drop_behind {
+        let _ = blocking(|| {
+            crate::dropbehind::release();
+            Ok(())
+        })
+        .await;
+    }
+    let mut report = r?;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// The work of [`get_planned`].
+#[allow(clippy::too_many_arguments)]
+async fn restore_planned(
+    t: &Tenant,
+    root: RepoPath,
+    single: Option<FileVersion>,
+    small: Vec<(Option<(asheville_core::PackId, u64)>, FileVersion)>,
+    large: Vec<FileVersion>,
+    drop_behind: bool,
+    local: &Path,
+    progress: &dyn Progress,
+) -> Result<TreeReport> {
     let mut report = TreeReport::default();
     if let Some(fv) = single {
         progress.start(1, fv.size);
@@ -554,7 +581,6 @@ pub async fn get_planned(
         progress.file_done(&fv.path, fv.size);
         report.files = 1;
         report.bytes = fv.size;
-        report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
     }
     progress.start(
@@ -634,7 +660,6 @@ pub async fn get_planned(
             progress.file_done(&fv.path, fv.size);
         }
     }
-    report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
 
