@@ -1,4 +1,6 @@
-//! Restored files written without filling the page cache ("drop-behind").
+//! Restored files written without filling the page cache ("drop-behind"),
+//! and [`dont_need`], which local backends also use to drop shard pages
+//! they have read.
 //!
 //! A restore writes each file once and does not read it back. Kept in the
 //! page cache, its pages push out what the machine was caching, and each
@@ -162,8 +164,9 @@ fn wait_and_drop(file: &File, offset: u64, len: u64) {
     let _ = (file, offset, len);
 }
 
-/// Drops the clean pages of `len` bytes at `offset` from the page cache.
-fn dont_need(file: &File, offset: u64, len: u64) {
+/// Drops the clean pages of `len` bytes at `offset` from the page cache
+/// (advice: if it is refused, they stay).
+pub(crate) fn dont_need(file: &File, offset: u64, len: u64) {
     #[cfg(target_os = "linux")]
     let _ = rustix::fs::fadvise(
         file,

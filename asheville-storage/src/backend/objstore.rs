@@ -279,18 +279,9 @@ fn read_range(
     file.seek(std::io::SeekFrom::Start(range.start))?;
     let mut buf = Vec::with_capacity(usize::try_from(len).map_err(std::io::Error::other)?);
     (&mut file).take(len).read_to_end(&mut buf)?;
-    #[cfg(target_os = "linux")]
     if drop_behind {
-        // Advice: if it is refused, the pages stay cached, as before.
-        let _ = rustix::fs::fadvise(
-            &file,
-            range.start,
-            std::num::NonZeroU64::new(len),
-            rustix::fs::Advice::DontNeed,
-        );
+        crate::dropbehind::dont_need(&file, range.start, len);
     }
-    #[cfg(not(target_os = "linux"))]
-    let _ = drop_behind;
     Ok(buf.into())
 }
 
