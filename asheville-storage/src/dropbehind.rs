@@ -1,6 +1,6 @@
 //! Restored files written without filling the page cache ("drop-behind"),
-//! and [`dont_need`], which local backends also use to drop shard pages
-//! they have read.
+//! [`dont_need`], which local backends also use to drop shard pages they
+//! have read, and [`will_need`], with which the catalog is read ahead.
 //!
 //! A restore writes each file once and does not read it back. Kept in the
 //! page cache, its pages push out what the machine was caching, and each
@@ -173,6 +173,21 @@ pub(crate) fn dont_need(file: &File, offset: u64, len: u64) {
         offset,
         std::num::NonZeroU64::new(len),
         rustix::fs::Advice::DontNeed,
+    );
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, len);
+}
+
+/// Asks the kernel to read `len` bytes at `offset` into the page cache
+/// ahead of use, in large requests (advice: if it is refused, nothing
+/// happens).
+pub(crate) fn will_need(file: &File, offset: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    let _ = rustix::fs::fadvise(
+        file,
+        offset,
+        std::num::NonZeroU64::new(len),
+        rustix::fs::Advice::WillNeed,
     );
     #[cfg(not(target_os = "linux"))]
     let _ = (file, offset, len);

@@ -86,6 +86,7 @@ const COMPACT_FREE_MIN: u64 = 1 << 20;
 impl RedbCatalog {
     /// Opens (or creates) the catalog file.
     pub fn open(path: &Path) -> Result<Self> {
+        read_ahead(path);
         let db = Database::create(path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => Error::new(
                 ErrorKind::Other,
@@ -166,6 +167,25 @@ impl RedbCatalog {
         self.db
             .read()
             .map_err(|_| Error::new(ErrorKind::Other, "the catalog lock is poisoned"))
+    }
+}
+
+/// Catalogs up to this size are read ahead whole when opened.
+const READ_AHEAD_MAX: u64 = 64 << 20;
+
+/// Asks the kernel to read a catalog of up to [`READ_AHEAD_MAX`] bytes
+/// into the page cache in large requests, so that the lookups of a command
+/// started cold (after a reboot, or a restore on a fresh machine) do not
+/// each wait for a 4 KiB read. A missing file or refused advice changes
+/// nothing. Cold restore of the peers set (20,027 files, 9.7 MB catalog),
+/// 5 alternating rounds: the plan is ready after 78-108 ms instead of
+/// 112-144, and the restore takes 1.13 s instead of 1.26 (medians).
+fn read_ahead(path: &Path) {
+    if let Ok(f) = std::fs::File::open(path)
+        && let Ok(m) = f.metadata()
+        && m.len() <= READ_AHEAD_MAX
+    {
+        crate::dropbehind::will_need(&f, 0, m.len());
     }
 }
 
