@@ -9,6 +9,10 @@
 //! end of the window is scanned on from where it stopped once more bytes
 //! are read ([`Cutter::cut_resuming`]).
 //!
+//! A local file is read one window ahead: the next window is read and
+//! cut on tokio's blocking pool while the caller takes (hashes, looks up,
+//! stores) the chunks of the one before.
+//!
 //! Chunks are [`Bytes`] slices of the read window, not copies: a window
 //! lives until its last chunk is sealed, and only the uncut tail of a
 //! window (less than one chunk) is copied into the next. A `WindowPool`
