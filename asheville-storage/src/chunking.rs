@@ -196,8 +196,9 @@ impl<R: AsyncRead + Unpin> AsyncChunker<R> {
                 self.retire();
                 return Ok(None);
             }
-            if let Source::File(_) = self.source {
-                self.next_file_window().await?;
+            if let Source::File(file) = &self.source {
+                let file = file.clone();
+                self.next_file_window(file).await?;
                 continue;
             }
             if !self.eof {
@@ -219,10 +220,10 @@ impl<R: AsyncRead + Unpin> AsyncChunker<R> {
     /// pool (started by the call before, or now), and starts reading the
     /// one after it, so that reading and cutting a window overlap with
     /// hashing and storing the chunks of the one before.
-    async fn next_file_window(&mut self) -> Result<()> {
+    async fn next_file_window(&mut self, file: Arc<std::fs::File>) -> Result<()> {
         let job = match self.ahead.take() {
             Some(job) => job,
-            None => self.read_ahead(),
+            None => self.read_ahead(file.clone()),
         };
         let cut = job
             .await
@@ -235,20 +236,19 @@ impl<R: AsyncRead + Unpin> AsyncChunker<R> {
         self.eof = cut.eof;
         self.ready = cut.chunks;
         if !self.eof {
-            self.ahead = Some(self.read_ahead());
+            self.ahead = Some(self.read_ahead(file));
         }
         Ok(())
     }
 
-    /// Starts reading the window after this one (which begins with this
-    /// one's uncut tail) on the blocking pool, and cutting it.
-    fn read_ahead(&self) -> tokio::task::JoinHandle<std::io::Result<CutWindow>> {
+    /// Starts reading the window of `file` after this one (which begins
+    /// with this one's uncut tail) on the blocking pool, and cutting it.
+    fn read_ahead(
+        &self,
+        file: Arc<std::fs::File>,
+    ) -> tokio::task::JoinHandle<std::io::Result<CutWindow>> {
         let max = self.config.max_size as usize;
         let size = 2 * max;
-        let Source::File(file) = &self.source else {
-            return tokio::task::spawn_blocking(|| Err(std::io::ErrorKind::Unsupported.into()));
-        };
-        let file = file.clone();
         // Taken here, not on the blocking thread: a window allocated on
         // whichever blocking thread runs the read lands in that thread's
         // malloc arena (the repo bench's put peaked at 249 MiB that way,

@@ -168,12 +168,7 @@ fn wait_and_drop(file: &File, offset: u64, len: u64) {
 /// (advice: if it is refused, they stay).
 pub(crate) fn dont_need(file: &File, offset: u64, len: u64) {
     #[cfg(target_os = "linux")]
-    let _ = rustix::fs::fadvise(
-        file,
-        offset,
-        std::num::NonZeroU64::new(len),
-        rustix::fs::Advice::DontNeed,
-    );
+    advise(file, offset, len, rustix::fs::Advice::DontNeed);
     #[cfg(not(target_os = "linux"))]
     let _ = (file, offset, len);
 }
@@ -183,12 +178,13 @@ pub(crate) fn dont_need(file: &File, offset: u64, len: u64) {
 /// happens).
 pub(crate) fn will_need(file: &File, offset: u64, len: u64) {
     #[cfg(target_os = "linux")]
-    let _ = rustix::fs::fadvise(
-        file,
-        offset,
-        std::num::NonZeroU64::new(len),
-        rustix::fs::Advice::WillNeed,
-    );
+    advise(file, offset, len, rustix::fs::Advice::WillNeed);
     #[cfg(not(target_os = "linux"))]
     let _ = (file, offset, len);
+}
+
+/// `posix_fadvise` over `len` bytes at `offset`; a refusal changes nothing.
+#[cfg(target_os = "linux")]
+fn advise(file: &File, offset: u64, len: u64, advice: rustix::fs::Advice) {
+    let _ = rustix::fs::fadvise(file, offset, std::num::NonZeroU64::new(len), advice);
 }
