@@ -96,7 +96,23 @@ check_restore() { # DIR
   [ "$a" = "$b" ] || { echo "RESTORE METADATA DIFFERS ($1)" >&2; exit 1; }
 }
 
+# The disk under WORK, once per round (its speed drifts on a shared VM):
+# 1 GiB written and read back with O_DIRECT, 4 MiB at a time. Every tool
+# here syncs what it backs up, so a backup cannot end before its
+# repository is on the disk: the table compares each backup with that floor.
+disk_probe() { # ROUND
+  local f="$WORK/disk-probe" w r
+  w=$( { dd if=/dev/zero of="$f" bs=4M count=256 oflag=direct conv=fsync 2>&1 || echo FAILED; } | awk '/copied/ {print $(NF-3)} /FAILED/ {print "f"}')
+  r=$( { dd if="$f" of=/dev/null bs=4M iflag=direct 2>&1 || echo FAILED; } | awk '/copied/ {print $(NF-3)} /FAILED/ {print "f"}')
+  rm -f "$f"
+  # A filesystem without O_DIRECT (tmpfs) has no figure.
+  [ "$w" != f ] && [ -n "$w" ] && echo "disk,$1,write,$w,,,,,1073741824" >> "$RESULTS"
+  [ "$r" != f ] && [ -n "$r" ] && echo "disk,$1,read,$r,,,,,1073741824" >> "$RESULTS"
+  return 0
+}
+
 for round in $(seq 1 "$ROUNDS"); do
+  disk_probe "$round"
   for tool in $TOOLS; do
     R="$WORK/repo-$tool"; OUT="$WORK/restore-$tool"
     rm -rf "$R" "$OUT"; mkdir -p "$OUT"
