@@ -780,9 +780,10 @@ struct PackWriter<'a> {
     /// The lane the next chunk goes to.
     turn: usize,
     pending: HashSet<ChunkId>,
-    uploads: JoinSet<Result<u64>>,
-    /// Shard bytes written to the backends so far.
-    stored: u64,
+    uploads: JoinSet<Result<StoredPack>>,
+    /// Packs whose shards are written, to be synced and recorded by
+    /// [`PackWriter::finish`].
+    stored: Vec<StoredPack>,
     /// One per pack open or uploading.
     permits: Arc<Semaphore>,
     /// Repacking: blob entries move to the new packs.
@@ -797,7 +798,7 @@ impl<'a> PackWriter<'a> {
             turn: 0,
             pending: HashSet::new(),
             uploads: JoinSet::new(),
-            stored: 0,
+            stored: Vec::new(),
             permits,
             moving: false,
         }
@@ -857,7 +858,7 @@ impl<'a> PackWriter<'a> {
     async fn permit(&mut self) -> Result<tokio::sync::OwnedSemaphorePermit> {
         // Surface a failed upload early instead of after the whole input.
         while let Some(r) = self.uploads.try_join_next() {
-            self.stored += r.map_err(join_err)??;
+            self.stored.push(r.map_err(join_err)??);
         }
         self.permits
             .clone()
@@ -913,19 +914,26 @@ impl<'a> PackWriter<'a> {
         drop(tx);
         self.lanes[lane].bytes = 0;
         let t = self.t.clone();
-        let moving = self.moving;
         self.uploads.spawn(async move {
             let r = match sealed(sealing).await {
-                Ok(pack) => upload_pack(&t, id, pack, moving).await,
+                Ok(pack) => upload_pack(&t, id, pack).await,
                 Err(e) => Err(e),
             };
+            // The pack's buffers are back in their pools: the next pack
+            // may open while this one waits for its sync and record.
             drop(permit);
             r
         });
         Ok(())
     }
 
-    /// Waits for every upload; returns the shard bytes written.
+    /// Waits for every upload, makes every shard durable ([`Backend::sync`],
+    /// all of a backend's shards at once), then records the packs and
+    /// their blobs in the catalog, in one transaction; returns the shard
+    /// bytes written. Nothing is recorded if any upload or sync failed
+    /// (the shards written are orphans for `check` and `gc`).
+    ///
+    /// [`Backend::sync`]: crate::backend::Backend::sync
     async fn finish(mut self) -> Result<u64> {
         let r = match self.flush(0).await {
             Ok(()) => self.flush(1).await,
@@ -934,13 +942,43 @@ impl<'a> PackWriter<'a> {
         let mut first_err = r.err();
         while let Some(r) = self.uploads.join_next().await {
             match r.map_err(join_err).and_then(|r| r) {
-                Ok(n) => self.stored += n,
+                Ok(p) => self.stored.push(p),
                 Err(e) => {
                     first_err.get_or_insert(e);
                 }
             }
         }
-        first_err.map_or(Ok(self.stored), Err)
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        let inner = &self.t.repo.inner;
+        let mut keys: Vec<Vec<String>> = vec![Vec::new(); inner.backends.len()];
+        for p in &mut self.stored {
+            for (b, key) in p.keys.drain(..) {
+                keys[b].push(key);
+            }
+        }
+        futures::future::try_join_all(
+            keys.iter()
+                .enumerate()
+                .filter(|(_, k)| !k.is_empty())
+                .map(|(b, k)| inner.backends[b].sync(k)),
+        )
+        .await?;
+        let bytes = self.stored.iter().map(|p| p.bytes).sum();
+        let packs: Vec<_> = self
+            .stored
+            .into_iter()
+            .map(|p| (p.record, p.blobs))
+            .collect();
+        if !packs.is_empty() {
+            let catalog = inner.catalog.clone();
+            let moving = self.moving;
+            tokio::task::spawn_blocking(move || catalog.commit_packs(&packs, moving))
+                .await
+                .map_err(join_err)??;
+        }
+        Ok(bytes)
     }
 }
 
@@ -1276,9 +1314,22 @@ fn seal_pack(
     })
 }
 
-/// Writes every shard of a sealed pack to its backend, then records the
-/// pack and its blobs in the catalog (in that order).
-async fn upload_pack(t: &Tenant, id: PackId, pack: SealedPack, moving: bool) -> Result<u64> {
+/// A pack whose shards are written but not yet synced nor recorded.
+struct StoredPack {
+    record: PackRecord,
+    blobs: Vec<(ChunkId, BlobLoc)>,
+    /// (backend index, key) of each shard, to sync.
+    keys: Vec<(usize, String)>,
+    /// Shard bytes written.
+    bytes: u64,
+}
+
+/// Writes every shard of a sealed pack to its backend
+/// ([`Backend::put_unsynced`]); [`PackWriter::finish`] syncs them and
+/// records the pack.
+///
+/// [`Backend::put_unsynced`]: crate::backend::Backend::put_unsynced
+async fn upload_pack(t: &Tenant, id: PackId, pack: SealedPack) -> Result<StoredPack> {
     let inner = &t.repo.inner;
     let SealedPack {
         enc,
@@ -1316,7 +1367,7 @@ async fn upload_pack(t: &Tenant, id: PackId, pack: SealedPack, moving: bool) -> 
         |(i, ((&b, h), p))| {
             let key = shard_key(&id, i);
             let backend = inner.backends[b].clone();
-            async move { backend.put(&key, vec![h, p]).await }
+            async move { backend.put_unsynced(&key, vec![h, p]).await }
         },
     ))
     .await?;
@@ -1336,17 +1387,16 @@ async fn upload_pack(t: &Tenant, id: PackId, pack: SealedPack, moving: bool) -> 
             .collect(),
     };
     let blobs: Vec<_> = entries.iter().map(|e| (e.id, e.loc(id))).collect();
-    let catalog = inner.catalog.clone();
-    tokio::task::spawn_blocking(move || {
-        if moving {
-            catalog.commit_repacked(&record, &blobs)
-        } else {
-            catalog.commit_pack(&record, &blobs)
-        }
+    Ok(StoredPack {
+        record,
+        blobs,
+        keys: targets
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| (b, shard_key(&id, i)))
+            .collect(),
+        bytes: (n * enc_object_len) as u64,
     })
-    .await
-    .map_err(join_err)??;
-    Ok((n * enc_object_len) as u64)
 }
 
 /// Metadata of a local file.

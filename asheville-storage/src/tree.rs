@@ -62,8 +62,10 @@ pub struct PutOptions {
     pub batch_files: usize,
     /// ...or this many bytes, whichever comes first. A crash loses at most
     /// the two batches not yet committed (one commits while the next
-    /// fills); everything committed before stays, and chunks already in
-    /// uploaded packs are not stored again when the put is run again.
+    /// fills); everything committed before stays, and the chunks of
+    /// committed batches are not stored again when the put is run again.
+    /// (A batch's packs are recorded when it commits, after all of its
+    /// shards are synced at once.)
     pub batch_bytes: u64,
     /// Leave a file alone (no new version, not read) when its latest
     /// version has the same size, modification time and mode, as restic

@@ -11,7 +11,11 @@
 //! bytes go to a staged file `<dest>#<n>` (which `list` never shows), which
 //! is synced, renamed over `<dest>`, and then the directory is synced; so a
 //! reader sees the whole object or none of it, and a successful return is
-//! durable. `O_DIRECT` needs buffers, offsets and lengths aligned to the
+//! durable. Shards of new packs (`Backend::put_unsynced`) skip both syncs
+//! and are synced together, file by file and then each directory once, when
+//! their batch commits ([`sync_blocking`]); until then a crash may leave
+//! them partly written, which is harmless: nothing refers to them yet.
+//! `O_DIRECT` needs buffers, offsets and lengths aligned to the
 //! device's block; data is copied through an aligned bounce buffer (a user
 //! space copy, ~10× cheaper than the kernel's), the last block is padded
 //! with zeros and the file is cut back to its length. A filesystem that
@@ -105,8 +109,14 @@ impl DirectWriter {
     }
 
     /// Writes `parts` as the file `dest` on tokio's blocking pool, once a
-    /// turn is free.
-    pub(crate) async fn put(self: Arc<Self>, dest: PathBuf, parts: Vec<Bytes>) -> io::Result<()> {
+    /// turn is free; durable on return if `sync`, else once
+    /// [`sync_blocking`] has synced it.
+    pub(crate) async fn put(
+        self: Arc<Self>,
+        dest: PathBuf,
+        parts: Vec<Bytes>,
+        sync: bool,
+    ) -> io::Result<()> {
         // The turn moves into the task: a put given up half-way still
         // holds it until its thread is done with the buffer.
         let turn = if self.refused.load(Ordering::Relaxed) {
@@ -116,21 +126,26 @@ impl DirectWriter {
         };
         tokio::task::spawn_blocking(move || {
             let _turn = turn;
-            self.put_blocking(&dest, &parts)
+            self.put_blocking(&dest, &parts, sync)
         })
         .await
         .map_err(io::Error::other)?
     }
 
-    /// Writes `parts` as the file `dest`: staged, synced, renamed, and the
-    /// directory synced.
-    fn put_blocking(&self, dest: &Path, parts: &[Bytes]) -> io::Result<()> {
+    /// Writes `parts` as the file `dest`: staged, synced (if `sync`),
+    /// renamed, and the directory synced (if `sync`).
+    fn put_blocking(&self, dest: &Path, parts: &[Bytes], sync: bool) -> io::Result<()> {
         let (file, staged) = create_staged(dest)?;
         let written = self.write(&file, &staged, parts).and_then(|()| {
-            file.sync_all()?;
+            if sync {
+                file.sync_all()?;
+            }
             drop(file);
             std::fs::rename(&staged, dest)?;
-            sync_dir(dest.parent())
+            if sync {
+                sync_dir(dest.parent())?;
+            }
+            Ok(())
         });
         if written.is_err() {
             let _ = std::fs::remove_file(&staged);
@@ -318,6 +333,26 @@ fn create_parents(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Makes files written by [`DirectWriter::put`] without `sync` durable:
+/// each file, then each of their directories once (their new names).
+///
+/// Syncing a batch's files together, after all of them were written, is
+/// what makes deferring pay: a sync right after each write waits for the
+/// device to flush, and the writes behind it wait too. 170 files of 7 MiB
+/// in four streams (`O_DIRECT`, 512 KiB writes, ext4 on this project's
+/// virtio disk), 3 alternating rounds: 2.32-2.75 s with each file and its
+/// directory synced as written, 1.58-2.06 s with all synced at the end,
+/// 1.65-1.93 s never synced. Syncing each file on another thread as soon
+/// as it was written did not help (2.50-3.07 s).
+pub(crate) fn sync_blocking(paths: &[PathBuf]) -> io::Result<()> {
+    let mut dirs = std::collections::BTreeSet::new();
+    for p in paths {
+        File::open(p)?.sync_all()?;
+        dirs.insert(p.parent());
+    }
+    dirs.into_iter().try_for_each(sync_dir)
+}
+
 fn sync_dir(dir: Option<&Path>) -> io::Result<()> {
     match dir {
         Some(d) => File::open(d)?.sync_all(),
@@ -363,7 +398,7 @@ mod tests {
         for (i, lens) in cases.iter().enumerate() {
             let dest = dir.path().join(format!("a/b{i}/obj"));
             let p = parts(lens);
-            w.put_blocking(&dest, &p).expect("put");
+            w.put_blocking(&dest, &p, true).expect("put");
             let want: Vec<u8> = p.iter().flat_map(|b| b.iter().copied()).collect();
             assert_eq!(std::fs::read(&dest).expect("read"), want, "case {lens:?}");
             let names: Vec<_> = std::fs::read_dir(dest.parent().expect("parent"))
@@ -375,7 +410,7 @@ mod tests {
         // Overwrite: the new bytes replace the old ones whole.
         let dest = dir.path().join("a/b8/obj");
         let p = parts(&[10]);
-        w.put_blocking(&dest, &p).expect("overwrite");
+        w.put_blocking(&dest, &p, true).expect("overwrite");
         assert_eq!(std::fs::read(&dest).expect("read"), p[0].to_vec());
     }
 

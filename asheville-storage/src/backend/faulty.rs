@@ -22,6 +22,8 @@ pub enum Fault {
     FlipReads,
     /// Writes fail after this many more succeed.
     FailWritesAfter(u64),
+    /// [`Backend::sync`] fails (the objects it was given stay written).
+    FailSyncs,
 }
 
 /// Wraps a backend; counts calls and injects [`Fault`]s on demand.
@@ -31,6 +33,8 @@ pub struct FaultyBackend {
     fault: Mutex<Fault>,
     reads: AtomicU64,
     writes: AtomicU64,
+    unsynced: AtomicU64,
+    synced: AtomicU64,
 }
 
 impl FaultyBackend {
@@ -41,6 +45,8 @@ impl FaultyBackend {
             fault: Mutex::new(Fault::None),
             reads: AtomicU64::new(0),
             writes: AtomicU64::new(0),
+            unsynced: AtomicU64::new(0),
+            synced: AtomicU64::new(0),
         }
     }
 
@@ -58,9 +64,37 @@ impl FaultyBackend {
         self.reads.load(Ordering::Relaxed)
     }
 
-    /// Write calls seen (put, delete).
+    /// Write calls seen (put, put_unsynced, delete).
     pub fn writes(&self) -> u64 {
         self.writes.load(Ordering::Relaxed)
+    }
+
+    /// Objects stored with [`Backend::put_unsynced`].
+    pub fn unsynced_puts(&self) -> u64 {
+        self.unsynced.load(Ordering::Relaxed)
+    }
+
+    /// Keys made durable by successful [`Backend::sync`] calls.
+    pub fn synced_keys(&self) -> u64 {
+        self.synced.load(Ordering::Relaxed)
+    }
+
+    /// Counts a write and applies [`Fault::Offline`] and
+    /// [`Fault::FailWritesAfter`].
+    fn write_fault(&self) -> Result<()> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.check()?;
+        let mut f = self.fault.lock().unwrap_or_else(|p| p.into_inner());
+        if let Fault::FailWritesAfter(n) = *f {
+            if n == 0 {
+                return Err(
+                    Error::new(ErrorKind::Transient, "write failed (injected fault)")
+                        .with_context("backend", self.inner.name()),
+                );
+            }
+            *f = Fault::FailWritesAfter(n - 1);
+        }
+        Ok(())
     }
 
     fn offline(&self) -> Error {
@@ -95,21 +129,28 @@ impl Backend for FaultyBackend {
     }
 
     async fn put(&self, key: &str, parts: Vec<Bytes>) -> Result<()> {
-        self.writes.fetch_add(1, Ordering::Relaxed);
-        self.check()?;
-        {
-            let mut f = self.fault.lock().unwrap_or_else(|p| p.into_inner());
-            if let Fault::FailWritesAfter(n) = *f {
-                if n == 0 {
-                    return Err(
-                        Error::new(ErrorKind::Transient, "write failed (injected fault)")
-                            .with_context("backend", self.inner.name()),
-                    );
-                }
-                *f = Fault::FailWritesAfter(n - 1);
-            }
-        }
+        self.write_fault()?;
         self.inner.put(key, parts).await
+    }
+
+    async fn put_unsynced(&self, key: &str, parts: Vec<Bytes>) -> Result<()> {
+        self.write_fault()?;
+        self.inner.put_unsynced(key, parts).await?;
+        self.unsynced.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn sync(&self, keys: &[String]) -> Result<()> {
+        self.check()?;
+        if self.fault() == Fault::FailSyncs {
+            return Err(
+                Error::new(ErrorKind::Transient, "sync failed (injected fault)")
+                    .with_context("backend", self.inner.name()),
+            );
+        }
+        self.inner.sync(keys).await?;
+        self.synced.fetch_add(keys.len() as u64, Ordering::Relaxed);
+        Ok(())
     }
 
     async fn get(&self, key: &str) -> Result<Bytes> {

@@ -56,6 +56,25 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Returns only once the object is durable.
     async fn put(&self, key: &str, parts: Vec<Bytes>) -> Result<()>;
 
+    /// Stores `parts` at `key` like [`Backend::put`], except that the
+    /// object need only be durable once [`Backend::sync`] has returned for
+    /// its key: a backend may then make many objects durable at once
+    /// (a local disk syncs them in one burst instead of waiting on the
+    /// device after each). For new keys only: a crash before the sync may
+    /// leave an object written this way partly written, so nothing may
+    /// depend on it before the sync. Backends whose writes are durable on
+    /// return (the default) just put.
+    async fn put_unsynced(&self, key: &str, parts: Vec<Bytes>) -> Result<()> {
+        self.put(key, parts).await
+    }
+
+    /// Makes the objects at `keys`, stored with [`Backend::put_unsynced`],
+    /// durable. The default does nothing: its puts are durable already.
+    async fn sync(&self, keys: &[String]) -> Result<()> {
+        let _ = keys;
+        Ok(())
+    }
+
     /// The whole object. `NotFound` if absent.
     async fn get(&self, key: &str) -> Result<Bytes>;
 

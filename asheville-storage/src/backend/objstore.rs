@@ -298,7 +298,7 @@ impl Backend for ObjectStoreBackend {
             let dest = fs
                 .path_to_filesystem(&p)
                 .map_err(|e| self.map_err(key, e))?;
-            return writer.clone().put(dest, parts).await.map_err(|e| {
+            return writer.clone().put(dest, parts, true).await.map_err(|e| {
                 Error::io("cannot write object", e)
                     .with_context("backend", &self.name)
                     .with_context("key", key)
@@ -309,6 +309,42 @@ impl Backend for ObjectStoreBackend {
             .put(&p, payload)
             .await
             .map_err(|e| self.map_err(key, e))?;
+        Ok(())
+    }
+
+    async fn put_unsynced(&self, key: &str, parts: Vec<Bytes>) -> Result<()> {
+        #[cfg(target_os = "linux")]
+        if let (Some(fs), Some(writer)) = (&self.local, &self.direct) {
+            let dest = fs
+                .path_to_filesystem(&self.path(key)?)
+                .map_err(|e| self.map_err(key, e))?;
+            return writer.clone().put(dest, parts, false).await.map_err(|e| {
+                Error::io("cannot write object", e)
+                    .with_context("backend", &self.name)
+                    .with_context("key", key)
+            });
+        }
+        self.put(key, parts).await
+    }
+
+    async fn sync(&self, keys: &[String]) -> Result<()> {
+        #[cfg(target_os = "linux")]
+        if let (Some(fs), Some(_)) = (&self.local, &self.direct) {
+            let paths = keys
+                .iter()
+                .map(|key| {
+                    fs.path_to_filesystem(&self.path(key)?)
+                        .map_err(|e| self.map_err(key, e))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            return tokio::task::spawn_blocking(move || super::direct::sync_blocking(&paths))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+                .map_err(|e| {
+                    Error::io("cannot sync objects", e).with_context("backend", &self.name)
+                });
+        }
+        let _ = keys;
         Ok(())
     }
 

@@ -220,6 +220,22 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     /// Records a pack whose blobs *move* to it (repacking): existing blob
     /// entries are overwritten.
     fn commit_repacked(&self, pack: &PackRecord, blobs: &[(ChunkId, BlobLoc)]) -> Result<()>;
+    /// Records many packs and their blobs: each as [`Catalog::commit_pack`]
+    /// does, or, if `moving`, as [`Catalog::commit_repacked`] does. The
+    /// default commits them one by one; a catalog may commit them at once.
+    fn commit_packs(
+        &self,
+        packs: &[(PackRecord, Vec<(ChunkId, BlobLoc)>)],
+        moving: bool,
+    ) -> Result<()> {
+        packs.iter().try_for_each(|(pack, blobs)| {
+            if moving {
+                self.commit_repacked(pack, blobs)
+            } else {
+                self.commit_pack(pack, blobs)
+            }
+        })
+    }
     /// Every blob of a tenant with its location and reference count.
     fn tenant_blobs(&self, tenant: &str) -> Result<Vec<(ChunkId, BlobLoc, u64)>>;
     /// Marks a pack condemned at `at_ns` (gc's first phase).

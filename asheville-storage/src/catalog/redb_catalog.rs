@@ -308,26 +308,19 @@ impl Catalog for RedbCatalog {
 
     fn commit_pack(&self, pack: &PackRecord, blobs: &[(ChunkId, BlobLoc)]) -> Result<()> {
         let w = self.db()?.begin_write()?;
-        {
-            let mut p = w.open_table(PACKS)?;
-            p.insert(pack.id.as_bytes().as_slice(), enc(pack)?.as_slice())?;
-            let mut b = w.open_table(BLOBS)?;
-            let condemned = w.open_table(CONDEMNED)?;
-            for (id, loc) in blobs {
-                let k = blob_key(&pack.tenant, id);
-                // A blob already known keeps its place, unless its pack is
-                // condemned by gc: then the fresh copy is the one to keep.
-                let keep_old = match b.get(k.as_slice())? {
-                    None => false,
-                    Some(old) => {
-                        let old: BlobLoc = dec(old.value())?;
-                        condemned.get(old.pack.as_bytes().as_slice())?.is_none()
-                    }
-                };
-                if !keep_old {
-                    b.insert(k.as_slice(), enc(loc)?.as_slice())?;
-                }
-            }
+        record_pack(&w, pack, blobs, false)?;
+        w.commit()?;
+        Ok(())
+    }
+
+    fn commit_packs(
+        &self,
+        packs: &[(PackRecord, Vec<(ChunkId, BlobLoc)>)],
+        moving: bool,
+    ) -> Result<()> {
+        let w = self.db()?.begin_write()?;
+        for (pack, blobs) in packs {
+            record_pack(&w, pack, blobs, moving)?;
         }
         w.commit()?;
         Ok(())
@@ -713,14 +706,7 @@ impl Catalog for RedbCatalog {
 
     fn commit_repacked(&self, pack: &PackRecord, blobs: &[(ChunkId, BlobLoc)]) -> Result<()> {
         let w = self.db()?.begin_write()?;
-        {
-            w.open_table(PACKS)?
-                .insert(pack.id.as_bytes().as_slice(), enc(pack)?.as_slice())?;
-            let mut b = w.open_table(BLOBS)?;
-            for (id, loc) in blobs {
-                b.insert(blob_key(&pack.tenant, id).as_slice(), enc(loc)?.as_slice())?;
-            }
-        }
+        record_pack(&w, pack, blobs, true)?;
         w.commit()?;
         Ok(())
     }
@@ -890,4 +876,34 @@ fn decode_cursor(c: &str) -> Result<String> {
         .map(|i| u8::from_str_radix(c.get(i..i + 2)?, 16).ok())
         .collect();
     String::from_utf8(bytes.ok_or_else(bad)?).map_err(|_| bad())
+}
+
+/// Records `pack` and its blobs in `w`. With `moving` (a repack) each blob
+/// moves to `pack`; otherwise a blob already known keeps its place, unless
+/// its pack is condemned by gc: then the fresh copy is the one to keep.
+fn record_pack(
+    w: &redb::WriteTransaction,
+    pack: &PackRecord,
+    blobs: &[(ChunkId, BlobLoc)],
+    moving: bool,
+) -> Result<()> {
+    w.open_table(PACKS)?
+        .insert(pack.id.as_bytes().as_slice(), enc(pack)?.as_slice())?;
+    let mut b = w.open_table(BLOBS)?;
+    let condemned = w.open_table(CONDEMNED)?;
+    for (id, loc) in blobs {
+        let k = blob_key(&pack.tenant, id);
+        let keep_old = !moving
+            && match b.get(k.as_slice())? {
+                None => false,
+                Some(old) => {
+                    let old: BlobLoc = dec(old.value())?;
+                    condemned.get(old.pack.as_bytes().as_slice())?.is_none()
+                }
+            };
+        if !keep_old {
+            b.insert(k.as_slice(), enc(loc)?.as_slice())?;
+        }
+    }
+    Ok(())
 }

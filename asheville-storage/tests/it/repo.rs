@@ -409,6 +409,45 @@ async fn failed_upload_leaves_no_visible_version() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_shard_is_synced_before_its_pack_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, faulty, t) = faulty_repo(dir.path()).await;
+    let first = random(3_000_000, 8);
+    t.put("f", &first[..], FileMeta::default()).await.unwrap();
+    let written: u64 = faulty.iter().map(|f| f.unsynced_puts()).sum();
+    assert!(written >= 6, "shards go through put_unsynced ({written})");
+    for f in &faulty {
+        assert_eq!(
+            f.synced_keys(),
+            f.unsynced_puts(),
+            "{}: every shard synced",
+            asheville_storage::backend::Backend::name(f.as_ref())
+        );
+    }
+    let packs = repo.catalog().packs(None, 10_000).unwrap().len();
+    // A sync that fails: the shards are written, yet no pack is recorded
+    // and no version appears.
+    faulty[3].set(Fault::FailSyncs);
+    let data = random(3_000_000, 9);
+    let err = t
+        .put("g", &data[..], FileMeta::default())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("sync failed"), "{err}");
+    assert!(faulty[3].unsynced_puts() > faulty[3].synced_keys());
+    assert_eq!(t.stat("g").unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        repo.catalog().packs(None, 10_000).unwrap().len(),
+        packs,
+        "no pack recorded"
+    );
+    assert_eq!(get(&t, "f").await, first, "the earlier version is intact");
+    faulty[3].set(Fault::None);
+    t.put("g", &data[..], FileMeta::default()).await.unwrap();
+    assert_eq!(get(&t, "g").await, data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_serves_repeated_reads() {
     let dir = tempfile::tempdir().unwrap();
     let (repo, t) = temp_repo(dir.path(), 3, "rs(2,1)", |c| c.cache_bytes = 16 << 20).await;
