@@ -826,14 +826,10 @@ impl Landing {
 #[cfg(target_os = "linux")]
 fn flink(file: &std::fs::File, to: &Path) -> rustix::io::Result<()> {
     use rustix::fs::{AtFlags, CWD};
-    use std::os::fd::AsRawFd;
     use std::sync::atomic::{AtomicBool, Ordering};
     /// Set once the kernel refused `AT_EMPTY_PATH` and procfs did not.
     static VIA_PROC: AtomicBool = AtomicBool::new(false);
-    let via_proc = || {
-        let me = format!("/proc/self/fd/{}", file.as_raw_fd());
-        rustix::fs::linkat(CWD, me.as_str(), CWD, to, AtFlags::SYMLINK_FOLLOW)
-    };
+    let via_proc = || flink_via_proc(file, to);
     if VIA_PROC.load(Ordering::Relaxed) {
         return via_proc();
     }
@@ -845,6 +841,20 @@ fn flink(file: &std::fs::File, to: &Path) -> rustix::io::Result<()> {
         }
         r => r,
     }
+}
+
+/// [`flink`] through the file's `/proc/self/fd` link.
+#[cfg(target_os = "linux")]
+fn flink_via_proc(file: &std::fs::File, to: &Path) -> rustix::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let me = format!("/proc/self/fd/{}", file.as_raw_fd());
+    rustix::fs::linkat(
+        rustix::fs::CWD,
+        me.as_str(),
+        rustix::fs::CWD,
+        to,
+        rustix::fs::AtFlags::SYMLINK_FOLLOW,
+    )
 }
 
 /// An unnamed file in `dir` (`O_TMPFILE`), if the filesystem makes them
@@ -958,4 +968,34 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    type Link = fn(&std::fs::File, &Path) -> rustix::io::Result<()>;
+
+    /// Both ways of naming an unnamed file give it its bytes under the
+    /// name, and neither replaces a file already there.
+    #[test]
+    fn unnamed_files_are_named_directly_and_through_procfs() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ways: [(&str, Link); 2] = [("direct", flink), ("procfs", flink_via_proc)];
+        for (name, link) in ways {
+            let Some(mut file) = unnamed_file(dir.path()) else {
+                // A filesystem without O_TMPFILE: nothing to name.
+                return;
+            };
+            file.write_all(name.as_bytes()).expect("write");
+            let dest = dir.path().join(name);
+            link(&file, &dest).expect("link");
+            assert_eq!(std::fs::read(&dest).expect("read"), name.as_bytes());
+            let mut other = unnamed_file(dir.path()).expect("second unnamed file");
+            other.write_all(b"other").expect("write");
+            assert_eq!(link(&other, &dest), Err(rustix::io::Errno::EXIST), "{name}");
+            assert_eq!(std::fs::read(&dest).expect("read"), name.as_bytes());
+        }
+    }
 }
