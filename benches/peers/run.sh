@@ -102,14 +102,17 @@ check_restore() { # DIR
 # repository is on the disk: the table compares each backup with that floor.
 disk_probe() { # ROUND
   local f="$WORK/disk-probe" w r
-  w=$( { dd if=/dev/zero of="$f" bs=4M count=256 oflag=direct conv=fsync 2>&1 || echo FAILED; } | awk '/copied/ {print $(NF-3)} /FAILED/ {print "f"}')
-  r=$( { dd if="$f" of=/dev/null bs=4M iflag=direct 2>&1 || echo FAILED; } | awk '/copied/ {print $(NF-3)} /FAILED/ {print "f"}')
+  w=$(dd_secs if=/dev/zero of="$f" bs=4M count=256 oflag=direct conv=fsync) || w=""
+  r=""
+  [ -n "$w" ] && { r=$(dd_secs if="$f" of=/dev/null bs=4M iflag=direct) || r=""; }
   rm -f "$f"
   # A filesystem without O_DIRECT (tmpfs) has no figure.
-  [ "$w" != f ] && [ -n "$w" ] && echo "disk,$1,write,$w,,,,,1073741824" >> "$RESULTS"
-  [ "$r" != f ] && [ -n "$r" ] && echo "disk,$1,read,$r,,,,,1073741824" >> "$RESULTS"
+  [ -n "$w" ] && echo "disk,$1,write,$w,,,,,1073741824" >> "$RESULTS"
+  [ -n "$r" ] && echo "disk,$1,read,$r,,,,,1073741824" >> "$RESULTS"
   return 0
 }
+# Seconds dd took, from its summary line; fails (no output) if dd did.
+dd_secs() { local out; out=$(dd "$@" 2>&1) && awk '/copied/ {print $(NF-3)}' <<<"$out"; }
 
 for round in $(seq 1 "$ROUNDS"); do
   disk_probe "$round"

@@ -211,6 +211,31 @@ impl ObjectStoreBackend {
         })
     }
 
+    /// [`Backend::put`] (`sync`) or [`Backend::put_unsynced`]: only a local
+    /// directory written around the page cache defers its syncs; every
+    /// other store is durable on return either way.
+    async fn write(&self, key: &str, parts: Vec<Bytes>, sync: bool) -> Result<()> {
+        let p = self.path(key)?;
+        #[cfg(target_os = "linux")]
+        if let (Some(fs), Some(writer)) = (&self.local, &self.direct) {
+            let dest = fs
+                .path_to_filesystem(&p)
+                .map_err(|e| self.map_err(key, e))?;
+            return writer.clone().put(dest, parts, sync).await.map_err(|e| {
+                Error::io("cannot write object", e)
+                    .with_context("backend", &self.name)
+                    .with_context("key", key)
+            });
+        }
+        let _ = sync;
+        let payload: PutPayload = parts.into_iter().collect();
+        self.store
+            .put(&p, payload)
+            .await
+            .map_err(|e| self.map_err(key, e))?;
+        Ok(())
+    }
+
     fn strip(&self, p: &OsPath) -> String {
         match &self.prefix {
             Some(pre) => p
@@ -292,39 +317,11 @@ impl Backend for ObjectStoreBackend {
     }
 
     async fn put(&self, key: &str, parts: Vec<Bytes>) -> Result<()> {
-        let p = self.path(key)?;
-        #[cfg(target_os = "linux")]
-        if let (Some(fs), Some(writer)) = (&self.local, &self.direct) {
-            let dest = fs
-                .path_to_filesystem(&p)
-                .map_err(|e| self.map_err(key, e))?;
-            return writer.clone().put(dest, parts, true).await.map_err(|e| {
-                Error::io("cannot write object", e)
-                    .with_context("backend", &self.name)
-                    .with_context("key", key)
-            });
-        }
-        let payload: PutPayload = parts.into_iter().collect();
-        self.store
-            .put(&p, payload)
-            .await
-            .map_err(|e| self.map_err(key, e))?;
-        Ok(())
+        self.write(key, parts, true).await
     }
 
     async fn put_unsynced(&self, key: &str, parts: Vec<Bytes>) -> Result<()> {
-        #[cfg(target_os = "linux")]
-        if let (Some(fs), Some(writer)) = (&self.local, &self.direct) {
-            let dest = fs
-                .path_to_filesystem(&self.path(key)?)
-                .map_err(|e| self.map_err(key, e))?;
-            return writer.clone().put(dest, parts, false).await.map_err(|e| {
-                Error::io("cannot write object", e)
-                    .with_context("backend", &self.name)
-                    .with_context("key", key)
-            });
-        }
-        self.put(key, parts).await
+        self.write(key, parts, false).await
     }
 
     async fn sync(&self, keys: &[String]) -> Result<()> {
