@@ -63,9 +63,9 @@ pub(crate) fn worth_it(dir: &Path) -> bool {
         .is_ok_and(|t| t != TMPFS_MAGIC && t != RAMFS_MAGIC)
 }
 
-/// Writes objects of one local backend.
+/// Writes and reads objects of one local backend around the page cache.
 #[derive(Debug, Default)]
-pub(crate) struct DirectWriter {
+pub(crate) struct DirectIo {
     /// Set the first time the filesystem refuses `O_DIRECT`.
     refused: AtomicBool,
 }
@@ -101,11 +101,11 @@ impl Drop for Bounce {
     }
 }
 
-impl DirectWriter {
+impl DirectIo {
     /// A writer for the directory `dir`, or `None` where writing around the
     /// page cache saves nothing (tmpfs, ramfs).
-    pub(crate) fn for_dir(dir: &Path) -> Option<DirectWriter> {
-        worth_it(dir).then(DirectWriter::default)
+    pub(crate) fn for_dir(dir: &Path) -> Option<DirectIo> {
+        worth_it(dir).then(DirectIo::default)
     }
 
     /// Writes `parts` as the file `dest` on tokio's blocking pool, once a
@@ -333,7 +333,7 @@ fn create_parents(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Makes files written by [`DirectWriter::put`] without `sync` durable:
+/// Makes files written by [`DirectIo::put`] without `sync` durable:
 /// each file, then each of their directories once (their new names).
 ///
 /// Syncing a batch's files together, after all of them were written, is
@@ -360,6 +360,80 @@ fn sync_dir(dir: Option<&Path>) -> io::Result<()> {
     }
 }
 
+impl DirectIo {
+    /// Reads `range` of the file at `path` around the page cache
+    /// ([`read_range`]); `None` where the filesystem refuses `O_DIRECT`
+    /// (the caller reads it buffered, as it will the rest of this
+    /// backend's).
+    pub(crate) fn read(
+        &self,
+        path: &Path,
+        range: std::ops::Range<u64>,
+    ) -> io::Result<Option<Bytes>> {
+        if self.refused.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        match read_range(path, range) {
+            Err(e) if is_inval(&e) => {
+                self.refused.store(true, Ordering::Relaxed);
+                Ok(None)
+            }
+            r => r.map(Some),
+        }
+    }
+}
+
+/// Reads `range` of the file at `path` around the page cache (`O_DIRECT`):
+/// the aligned blocks covering it land in one buffer, of which the result
+/// is a slice, uniquely owned (a caller can open blobs in place). The
+/// result stops at the end of the file. `EINVAL` where the filesystem
+/// refuses `O_DIRECT`.
+///
+/// Shards are read once per restore and checked by their own checksums,
+/// and this backend writes them around the page cache, so a cached copy
+/// is never there to be found, and reading one in only costs the kernel
+/// the cache's work and, ahead of the range, reads that are dropped
+/// before they are used. A cold restore of the peers set, 9 alternating
+/// rounds: 1.19-1.32 s of system CPU and 1.10 GB read from the disk
+/// with `O_DIRECT`, against 1.50-1.66 s and 1.19-1.21 GB buffered (with
+/// the pages read dropped behind, which this did before).
+pub(crate) fn read_range(path: &Path, range: std::ops::Range<u64>) -> io::Result<Bytes> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+        .open(path)?;
+    let align = ALIGN as u64;
+    let lo = range.start - range.start % align;
+    let hi = range.end.next_multiple_of(align);
+    let want = usize::try_from(hi - lo).map_err(io::Error::other)?;
+    let mut buf: Vec<u8> = Vec::with_capacity(want + ALIGN);
+    // Arithmetic on the address; no pointer is dereferenced.
+    let start = buf.as_ptr().align_offset(ALIGN);
+    buf.resize(start, 0);
+    // Read into the buffer's spare capacity, not zeroed first (zeroing
+    // them cost ~0.1 s of user CPU a restore of the peers set).
+    while buf.len() < start + want {
+        let got = buf.len() - start;
+        let spare = &mut buf.spare_capacity_mut()[..want - got];
+        let n = rustix::io::pread(&file, spare, lo + got as u64)?.0.len();
+        // SAFETY: `pread` initialized the first `n` bytes of the spare
+        // capacity, which are what the new length takes in.
+        #[allow(unsafe_code)]
+        unsafe {
+            buf.set_len(buf.len() + n)
+        };
+        // The end of the file: nothing more, or a short (unaligned) read.
+        if n == 0 || n % ALIGN != 0 {
+            break;
+        }
+    }
+    let got = buf.len() - start;
+    let skip = (range.start - lo) as usize;
+    let end = (skip + (range.end - range.start) as usize).min(got);
+    Ok(Bytes::from(buf).slice(start + skip.min(end)..start + end))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -383,7 +457,7 @@ mod tests {
     #[test]
     fn objects_of_every_awkward_length_read_back_whole_and_nothing_is_left_staged() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let w = DirectWriter::default();
+        let w = DirectIo::default();
         let cases: &[&[usize]] = &[
             &[],
             &[0],
@@ -443,6 +517,42 @@ mod tests {
                 assert_eq!(file.metadata().expect("stat").len(), want.len() as u64);
                 drop(file);
                 assert_eq!(std::fs::read(&path).expect("read"), want, "case {lens:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn ranges_read_around_the_page_cache_are_the_files_bytes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let io = DirectIo::default();
+        for len in [ALIGN * 3 + 100, (2 << 20) + 5] {
+            let path = dir.path().join(format!("f{len}"));
+            let data: Vec<u8> = parts(&[len]).concat();
+            std::fs::write(&path, &data).expect("write");
+            let n = len as u64;
+            let ranges = [
+                0..1,
+                5..ALIGN as u64 + 7,
+                ALIGN as u64..2 * ALIGN as u64,
+                0..n,
+                n - 3..n,
+                // Past the end: cut at the end, or nothing.
+                n - 3..n + 10,
+                n + 1..n + 5,
+            ];
+            for r in ranges {
+                let Some(got) = io.read(&path, r.clone()).expect("read") else {
+                    // A filesystem that refuses O_DIRECT: nothing to check.
+                    return;
+                };
+                let lo = (r.start as usize).min(len);
+                let hi = (r.end as usize).min(len);
+                assert_eq!(&got[..], &data[lo..hi], "{len}: {r:?}");
+                // Owned by nobody else: blobs can be opened in place.
+                assert!(
+                    got.is_empty() || got.try_into_mut().is_ok(),
+                    "{len}: {r:?} shared"
+                );
             }
         }
     }

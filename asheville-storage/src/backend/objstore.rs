@@ -99,7 +99,7 @@ pub struct ObjectStoreBackend {
     local: Option<Arc<object_store::local::LocalFileSystem>>,
     /// Local directories with `fsync` on write around the page cache.
     #[cfg(target_os = "linux")]
-    direct: Option<Arc<super::direct::DirectWriter>>,
+    direct: Option<Arc<super::direct::DirectIo>>,
 }
 
 impl std::fmt::Debug for ObjectStoreBackend {
@@ -155,7 +155,7 @@ impl ObjectStoreBackend {
                 me.local = Some(store);
                 #[cfg(target_os = "linux")]
                 if *fsync {
-                    me.direct = super::direct::DirectWriter::for_dir(path).map(Arc::new);
+                    me.direct = super::direct::DirectIo::for_dir(path).map(Arc::new);
                 }
                 Ok(me)
             }
@@ -280,10 +280,11 @@ impl ObjectStoreBackend {
 ///
 /// With `drop_behind`, the pages just read are dropped from the page cache
 /// (`POSIX_FADV_DONTNEED`; pages read ahead past the range stay for the
-/// next read). A backend that writes its shards around the page cache
-/// reads them that way too: a shard is read once per restore and checked
-/// by its own checksum, so keeping it cached only pushes out what the
-/// machine was caching, and each new page the cache takes has to be
+/// next read): how a backend that writes around the page cache reads where
+/// the filesystem refuses `O_DIRECT` reads ([`super::direct::read_range`],
+/// what it reads with otherwise). A shard is read once per restore and
+/// checked by its own checksum, so keeping it cached only pushes out what
+/// the machine was caching, and each new page the cache takes has to be
 /// found, and on this project's test VM (which hands idle memory back to
 /// the host) faulted in again. Reused pages are not: a cold restore of the
 /// peers set in the peers sequence (dataset read, caches dropped), 3
@@ -367,17 +368,25 @@ impl Backend for ObjectStoreBackend {
                     .map_err(|e| self.map_err(key, e))?;
                 let r = range.clone();
                 #[cfg(target_os = "linux")]
-                let drop_behind = self.direct.is_some();
+                let direct = self.direct.clone();
                 #[cfg(not(target_os = "linux"))]
-                let drop_behind = false;
-                tokio::task::spawn_blocking(move || read_range(&file, r, drop_behind))
-                    .await
-                    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-                    .map_err(|e| {
-                        Error::io("cannot read object", e)
-                            .with_context("backend", &self.name)
-                            .with_context("key", key)
-                    })?
+                let direct: Option<Arc<()>> = None;
+                tokio::task::spawn_blocking(move || {
+                    #[cfg(target_os = "linux")]
+                    if let Some(d) = &direct
+                        && let Some(b) = d.read(&file, r.clone())?
+                    {
+                        return Ok(b);
+                    }
+                    read_range(&file, r, direct.is_some())
+                })
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+                .map_err(|e| {
+                    Error::io("cannot read object", e)
+                        .with_context("backend", &self.name)
+                        .with_context("key", key)
+                })?
             }
             None => self
                 .store
