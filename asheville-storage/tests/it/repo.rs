@@ -1309,3 +1309,57 @@ async fn a_restore_with_drop_behind_gives_back_the_same_bytes_and_times() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_of_a_large_file_are_read_once_and_each_restored_with_its_own_times_and_mode() {
+    use std::os::unix::fs::PermissionsExt;
+
+    use asheville_storage::tree::{NoProgress, PutOptions, get_tree, put_tree};
+    let dir = tempfile::tempdir().unwrap();
+    let (_repo, faulty, t) = faulty_repo(dir.path()).await;
+    let big = random(3_000_000, 5);
+    let write = |root: &std::path::Path, name: &str, data: &[u8], mode: u32, secs: u64| {
+        let p = root.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, data).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        let f = std::fs::File::options().write(true).open(&p).unwrap();
+        f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+            .unwrap();
+    };
+    // One tree with the file once, one with it three times (other names,
+    // modes and times), both with another large file.
+    let once = dir.path().join("once");
+    let thrice = dir.path().join("thrice");
+    for root in [&once, &thrice] {
+        write(root, "a/big", &big, 0o644, 1_600_000_000);
+        write(root, "other", &random(2_500_000, 6), 0o644, 1_600_000_001);
+    }
+    write(&thrice, "b/copy", &big, 0o600, 1_500_000_000);
+    write(&thrice, "c/d/copy", &big, 0o755, 1_700_000_000);
+    for (root, remote) in [(&once, "/once"), (&thrice, "/thrice")] {
+        put_tree(&t, root, remote, PutOptions::default(), &NoProgress)
+            .await
+            .unwrap();
+    }
+    let reads = |f: &[Arc<FaultyBackend>]| f.iter().map(|b| b.reads()).sum::<u64>();
+    let mut used = Vec::new();
+    for (root, remote) in [(&once, "/once"), (&thrice, "/thrice")] {
+        let before = reads(&faulty);
+        let out = dir.path().join(format!("out{}", remote.replace('/', "-")));
+        let r = get_tree(&t, remote, &out, &NoProgress).await.unwrap();
+        used.push(reads(&faulty) - before);
+        assert_eq!(
+            r.bytes,
+            std::fs::metadata(root.join("a/big")).unwrap().len() * (r.files - 1) + 2_500_000
+        );
+        assert_same_tree(root, &out);
+    }
+    // The copies cost no reads: their bytes come from the one read.
+    assert_eq!(
+        used[0], used[1],
+        "backend reads: once {}, thrice {}",
+        used[0], used[1]
+    );
+    assert!(used[0] > 0);
+}
