@@ -594,12 +594,11 @@ async fn restore_planned(
     let mut report = TreeReport::default();
     if let Some(fv) = single {
         progress.start(1, fv.size);
-        let fv = restore_file(t, vec![(fv, local.to_path_buf())], drop_behind)
-            .await?
-            .swap_remove(0);
-        progress.file_done(&fv.path, fv.size);
-        report.files = 1;
-        report.bytes = fv.size;
+        for fv in restore_file(t, vec![(fv, local.to_path_buf())], drop_behind).await? {
+            progress.file_done(&fv.path, fv.size);
+            report.files += 1;
+            report.bytes += fv.size;
+        }
         return Ok(report);
     }
     progress.start(
@@ -700,9 +699,10 @@ const BATCH_BYTES: u64 = 8 << 20;
 
 /// Restores small files together: their chunks in one
 /// [`Tenant::read_chunks`] call (few ranged reads), then every file written
-/// in one blocking task: to a temp name, with mtime and mode set through
-/// the open handle, then renamed. Nothing appears under a real name unless
-/// all of its bytes authenticated.
+/// in one blocking task ([`Landing`]), its mtime (and, where the umask took
+/// bits of it, its mode) set through the open handle. Nothing is created
+/// under a real name before all of the batch's bytes authenticated; the
+/// process's `umask` decides whether a mode given at creation stuck.
 async fn restore_batch(
     t: &Tenant,
     batch: Vec<(FileVersion, PathBuf)>,
@@ -905,9 +905,8 @@ async fn restore_file(
             let _ = std::fs::remove_file(tmp);
         }
     };
-    let (first, rest) = match group.split_first() {
-        Some((first, rest)) => (first.0.clone(), rest.len()),
-        None => return Ok(Vec::new()),
+    let Some(first) = group.first().map(|(fv, _)| fv.clone()) else {
+        return Ok(Vec::new());
     };
     let tmps_c = tmps.clone();
     let sinks = blocking(move || {
@@ -932,7 +931,6 @@ async fn restore_file(
     })
     .await
     .map_err(|e| Error::io("cannot create file", e))?;
-    debug_assert_eq!(sinks.len(), rest + 1);
     // Files up to WHOLE_FILE_LIMIT are read into memory and written in one
     // blocking call; larger ones stream, one write in flight.
     let written = if first.size <= WHOLE_FILE_LIMIT {
