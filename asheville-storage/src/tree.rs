@@ -387,10 +387,13 @@ fn finish(report: &mut TreeReport, done: &mut Vec<(String, u64)>, progress: &dyn
 }
 
 /// Restores `remote` (a file or a directory tree) to `local`, with each
-/// file's mtime and permissions. Each file is written unnamed
-/// (`O_TMPFILE`) or under a temporary name and gets its real name only
-/// once whole, so a failed restore never leaves a half-written file under
-/// the real name.
+/// file's mtime and permissions. A file over 1 MiB, or one replacing a
+/// file already there, is written under a temporary name and gets its
+/// real name once whole; a smaller new one is created under its real name
+/// only once all of its bytes are in memory and authenticated, and
+/// removed if its write fails. So a failed restore never leaves a
+/// half-written file under a real name (one killed mid-way may leave the
+/// small file it was writing).
 pub async fn get_tree(
     t: &Tenant,
     remote: &str,
