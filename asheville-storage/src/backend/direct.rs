@@ -403,9 +403,15 @@ pub(crate) fn read_range(path: &Path, range: std::ops::Range<u64>) -> io::Result
         .read(true)
         .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
         .open(path)?;
+    // Cut at the end of the file before anything is allocated: a range
+    // may come from a caller (a node serving its backends over HTTP).
+    let end = range.end.min(file.metadata()?.len());
+    if range.start >= end {
+        return Ok(Bytes::new());
+    }
     let align = ALIGN as u64;
     let lo = range.start - range.start % align;
-    let hi = range.end.next_multiple_of(align);
+    let hi = end.next_multiple_of(align);
     let want = usize::try_from(hi - lo).map_err(io::Error::other)?;
     let mut buf: Vec<u8> = Vec::with_capacity(want + ALIGN);
     // Arithmetic on the address; no pointer is dereferenced.
@@ -430,7 +436,7 @@ pub(crate) fn read_range(path: &Path, range: std::ops::Range<u64>) -> io::Result
     }
     let got = buf.len() - start;
     let skip = (range.start - lo) as usize;
-    let end = (skip + (range.end - range.start) as usize).min(got);
+    let end = (skip + (end - range.start) as usize).min(got);
     Ok(Bytes::from(buf).slice(start + skip.min(end)..start + end))
 }
 
@@ -539,6 +545,8 @@ mod tests {
                 // Past the end: cut at the end, or nothing.
                 n - 3..n + 10,
                 n + 1..n + 5,
+                // Nothing is allocated for what lies past the end.
+                n - 1..u64::MAX,
             ];
             for r in ranges {
                 let Some(got) = io.read(&path, r.clone()).expect("read") else {
