@@ -322,7 +322,11 @@ async fn listing_depth_pagination_and_delete() {
     assert_eq!(old, b"d2/w", "versions of a deleted file stay readable");
 }
 
-/// rs(4,2) over 6 backends behind fault injectors.
+/// Read calls (get, get_range, head) seen by all of `faulty`.
+fn total_reads(faulty: &[Arc<FaultyBackend>]) -> u64 {
+    faulty.iter().map(|b| b.reads()).sum()
+}
+
 /// rs(4,2) over six local backends behind [`FaultyBackend`]s, and tenant
 /// `acme` with a raw key.
 async fn faulty_repo(dir: &std::path::Path) -> (Repository, Vec<Arc<FaultyBackend>>, Tenant) {
@@ -692,12 +696,11 @@ async fn restoring_many_small_files_reads_in_batches_and_survives_two_lost_backe
         .unwrap();
     // All backends well: 301 files with far fewer reads than files (one
     // ranged read per run of nearby blobs, not one per file).
-    let reads = |f: &[Arc<FaultyBackend>]| f.iter().map(|b| b.reads()).sum::<u64>();
-    let before = reads(&faulty);
+    let before = total_reads(&faulty);
     let out = dir.path().join("out-ok");
     let r = get_tree(&t, "/tree", &out, &NoProgress).await.unwrap();
     assert_eq!(r.files, 301);
-    let used = reads(&faulty) - before;
+    let used = total_reads(&faulty) - before;
     assert!(used < 100, "{used} backend reads for 301 files");
     assert_same_tree(&src, &out);
     // Any two backends offline or flipping bytes: the same tree.
@@ -1342,13 +1345,12 @@ async fn copies_of_a_large_file_are_read_once_and_each_restored_with_its_own_tim
             .await
             .unwrap();
     }
-    let reads = |f: &[Arc<FaultyBackend>]| f.iter().map(|b| b.reads()).sum::<u64>();
     let mut used = Vec::new();
     for (root, remote) in [(&once, "/once"), (&thrice, "/thrice")] {
-        let before = reads(&faulty);
+        let before = total_reads(&faulty);
         let out = dir.path().join(format!("out{}", remote.replace('/', "-")));
         let r = get_tree(&t, remote, &out, &NoProgress).await.unwrap();
-        used.push(reads(&faulty) - before);
+        used.push(total_reads(&faulty) - before);
         assert_eq!(
             r.bytes,
             std::fs::metadata(root.join("a/big")).unwrap().len() * (r.files - 1) + 2_500_000
