@@ -912,6 +912,7 @@ async fn restore_file(
         return Ok(Vec::new());
     };
     let tmps_c = tmps.clone();
+    let size = first.size;
     let sinks = blocking(move || {
         let mut sinks = Vec::with_capacity(tmps_c.len());
         for tmp in &tmps_c {
@@ -920,7 +921,10 @@ async fn restore_file(
                 .map_or(Ok(()), std::fs::create_dir_all)
                 .and_then(|()| std::fs::File::create(tmp));
             match created {
-                Ok(f) => sinks.push(WriteBehind::new(f, drop_behind)),
+                Ok(f) => {
+                    preallocate(&f, size);
+                    sinks.push(WriteBehind::new(f, drop_behind))
+                }
                 Err(e) => {
                     remove_tmps(&tmps_c[..sinks.len()]);
                     return Err(std::io::Error::new(
@@ -982,6 +986,27 @@ async fn restore_file(
     })
     .await
     .map_err(|e| Error::io("cannot finish restored file", e))
+}
+
+/// Reserves the blocks of a restored file of `len` bytes before it is
+/// written (`fallocate` with `FALLOC_FL_KEEP_SIZE`: the size stays what is
+/// written). On ext4 each buffered write into blocks not yet allocated
+/// books delayed allocation per block; into reserved blocks it does not:
+/// 1 GiB in 32 files, written by a C loop in 0.7–1.4 MiB writes after the
+/// cache was dropped, took 0.27–0.29 s of system CPU as is and 0.20–0.21 s
+/// reserved first (4 alternating rounds); a cold restore of the peers set
+/// took a median 0.97 s of system CPU instead of 1.03 s (5 alternating
+/// rounds). The file's blocks are also one run where the disk has room.
+/// Restic preallocates its restored files the same way. Advice only: a
+/// filesystem that refuses (or is full) gets the writes as before, which
+/// report any real failure.
+fn preallocate(file: &std::fs::File, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        let _ = rustix::fs::fallocate(file, rustix::fs::FallocateFlags::KEEP_SIZE, 0, len);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, len);
 }
 
 /// Gives a restored file its mtime and, unless it is 0, its mode.
