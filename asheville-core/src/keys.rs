@@ -41,6 +41,7 @@
 
 use std::fmt;
 
+use rayon::iter::{IntoParallelIterator, ParallelIterator};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::aead;
@@ -237,11 +238,22 @@ impl KdfParams {
                     Error::new(ErrorKind::InvalidConfig, "invalid Argon2id parameters")
                         .with_context("detail", e)
                 })?;
+        let blocks = params.block_count();
         let argon =
             argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        // The memory, zeroed by every core at once. `hash_password_into`
+        // allocates it zeroed, which for its 64-byte-aligned blocks means
+        // one thread writing zeros over fresh pages before the lanes are
+        // filled in parallel (64 MiB, 16,384 page faults). `asheville ls`
+        // of the peers repository on two cores, which is mostly the
+        // unlock: 109 ms -> 86 ms (hyperfine, means of 30).
+        let mut memory: Vec<argon2::Block> = (0..blocks)
+            .into_par_iter()
+            .map(|_| argon2::Block::default())
+            .collect();
         let mut out = Zeroizing::new([0u8; 32]);
         argon
-            .hash_password_into(passphrase, salt, out.as_mut())
+            .hash_password_into_with_memory(passphrase, salt, out.as_mut(), &mut memory[..])
             .map_err(|e| {
                 Error::new(ErrorKind::InvalidInput, "Argon2id failed").with_context("detail", e)
             })?;
@@ -398,6 +410,29 @@ mod tests {
     use super::*;
 
     const FAST: KdfParams = KdfParams::INSECURE_FAST_FOR_TESTS;
+
+    /// The key derived with memory we zero ourselves is the key argon2
+    /// derives with memory it allocates: key files written before keep
+    /// opening. Lanes 1 and 4 (filled in parallel), passes 1 and 3.
+    #[test]
+    fn derive_gives_the_key_argon2_gives() {
+        let salt = [7u8; 16];
+        for (memory_kib, iterations, parallelism) in [(64, 1, 1), (1024, 3, 4), (4096, 1, 4)] {
+            let kdf = KdfParams {
+                memory_kib,
+                iterations,
+                parallelism,
+            };
+            let ours = kdf.derive(b"correct horse", &salt).unwrap();
+            let params =
+                argon2::Params::new(memory_kib, iterations, parallelism, Some(32)).unwrap();
+            let mut theirs = [0u8; 32];
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+                .hash_password_into(b"correct horse", &salt, &mut theirs)
+                .unwrap();
+            assert_eq!(*ours, theirs, "{kdf:?}");
+        }
+    }
 
     #[test]
     fn wrap_unwrap_rewrap() {
