@@ -48,7 +48,7 @@ pub struct RepoConfig {
     /// Target pack size in bytes (default 16 MiB).
     #[serde(default = "pack_size")]
     pub pack_size: usize,
-    /// Packs being encoded and uploaded at once (default 3; bounds memory: about
+    /// Packs being encoded and uploaded at once (default 2; bounds memory: about
     /// `packs_in_flight × pack_size × overhead`).
     #[serde(default = "in_flight")]
     pub packs_in_flight: usize,
@@ -67,10 +67,15 @@ fn compression() -> Compression {
 fn pack_size() -> usize {
     16 << 20
 }
-/// Three keep both cores busy on a 2-core machine; four raised peak RSS
-/// by ~20 MiB at no gain (issue 9's note).
+/// Two keep both cores busy on a 2-core machine, as three did, with
+/// ~28 MiB less peak RSS: puts of the peers set (CLI, `rs(2,1)`, 4
+/// alternating rounds) took 2.80–3.44 s at 99–103 MiB with two and
+/// 2.97–3.61 s at 125–132 MiB with three on a disk, 1.76–1.92 s and
+/// 1.78–2.07 s on tmpfs (where the CPU is the limit); the repo bench
+/// (`rs(4,2)`) put at 370 and 349 MB/s with two, 357 and 175 with three.
+/// Four raised peak RSS by ~20 MiB more at no gain (issue 9's note).
 fn in_flight() -> usize {
-    3
+    2
 }
 fn cache_bytes() -> usize {
     64 << 20
