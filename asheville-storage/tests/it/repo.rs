@@ -695,13 +695,15 @@ async fn restoring_many_small_files_reads_in_batches_and_survives_two_lost_backe
         .await
         .unwrap();
     // All backends well: 301 files with far fewer reads than files (one
-    // ranged read per run of nearby blobs, not one per file).
+    // ranged read per run of nearby blobs, not one per file): 98 when the
+    // put stored the large file after the small ones, 101 now that it
+    // stores it among them (its chunks split one run of small blobs).
     let before = total_reads(&faulty);
     let out = dir.path().join("out-ok");
     let r = get_tree(&t, "/tree", &out, &NoProgress).await.unwrap();
     assert_eq!(r.files, 301);
     let used = total_reads(&faulty) - before;
-    assert!(used < 100, "{used} backend reads for 301 files");
+    assert!(used < 120, "{used} backend reads for 301 files");
     assert_same_tree(&src, &out);
     // Any two backends offline or flipping bytes: the same tree.
     for (i, j, fi, fj) in [
