@@ -348,7 +348,8 @@ pub async fn put_listed(
 
 /// The order a put stores files in: within every `window` files of the
 /// listing (a commit batch's worth, so that copies of a file stay in the
-/// batch they were in), the small files (up to [`READ_WHOLE_LIMIT`]) are
+/// batch they were in, unless `batch_bytes` cuts the batch first), the
+/// small files (up to [`READ_WHOLE_LIMIT`]) are
 /// spread among the large ones by bytes, so that compressing small files
 /// (CPU) overlaps writing the large ones' packs (disk) instead of
 /// following it. Put of the peers set (CLI, 5 alternating rounds): median
@@ -364,7 +365,7 @@ fn interleave<T>(files: Vec<(PathBuf, u64, T)>, window: usize) -> Vec<(PathBuf, 
             .partition(|f| f.1 <= READ_WHOLE_LIMIT);
         let small_total = u128::from(small.iter().map(|f| f.1).sum::<u64>());
         let large_total = u128::from(large.iter().map(|f| f.1).sum::<u64>()).max(1);
-        let mut small = small.into_iter().peekable();
+        let mut small = small.into_iter();
         let (mut small_out, mut large_out) = (0u128, 0u128);
         for f in large {
             large_out += u128::from(f.1);
