@@ -6,11 +6,19 @@
 //! files of 1–64 MiB, many small files of 1–16 KiB (half text, half
 //! random), and duplicated copies of some large files. About 1 GiB at
 //! `ASHEVILLE_BENCH_SCALE=1` (the default). Runs `rs(4,2)` over 6 local
-//! backends in a temp dir, and `none` over 1 for comparison. Peak RSS is
-//! VmHWM of this process, reset before each phase. After the get, the
+//! backends in a temp dir, and `none` over 1 for comparison. Each run is a
+//! process of its own (this bench, started again); peak RSS is its VmHWM,
+//! reset before each phase. After the get, the
 //! same tree is restored again with drop-behind (large files written back
 //! and dropped from the page cache as they are written, `asheville get
 //! --drop-behind`), into a second directory.
+//!
+//! Each policy runs `ASHEVILLE_BENCH_ROUNDS` times (default 3), in turn
+//! with the others; a row per run, then each figure's median per policy.
+//! Every round starts with a probe of the disk under the temp dir (1 GiB
+//! written and read back with `O_DIRECT`, 4 MiB at a time), printed below
+//! the table: on a shared VM the disk's speed drifts between rounds, and
+//! put and get of local backends follow it.
 //!
 //! Knobs: `ASHEVILLE_BENCH_POLICIES="rs(4,2) none"` (space-separated; `rs(k,m)`
 //! gets k+m backends, `replicas(n)` n, `none` one) and `ASHEVILLE_BENCH_ZSTD`
@@ -26,7 +34,9 @@
 //! 20,000 files right after 20,000 were deleted spends seconds in the kernel.
 //! For the same reason, on such a filesystem leave 6 minutes between runs,
 //! or set `ASHEVILLE_BENCH_KEEP=1` to keep every run's temp dir (it prints
-//! their paths) and remove them all later.
+//! their paths) and remove them all later. Each run's temp dir holds its
+//! repository and two restores: about 4 GiB for `rs(4,2)` and 3 GiB for
+//! `none` at scale 1, so the defaults need ~21 GiB free.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -171,10 +181,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     asheville_storage::runtime()?.block_on(run())
 }
 
+/// Set (to a policy) in the child process that makes one run.
+const RUN_ENV: &str = "ASHEVILLE_BENCH_RUN";
+
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let scale = env_f("ASHEVILLE_BENCH_SCALE", 1.0);
     let t0 = Instant::now();
     let (src, files, bytes) = dataset(scale)?;
+    if let Ok(policy) = std::env::var(RUN_ENV) {
+        let (row, work) = run_policy(&policy, &src, files, bytes).await?;
+        println!("{}\t{}", row.tsv(), work.display());
+        return Ok(());
+    }
     warm_page_cache(&src)?;
     eprintln!(
         "dataset: {files} files, {:.0} MiB ({:.1} s to prepare)",
@@ -188,55 +206,43 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let policies =
         std::env::var("ASHEVILLE_BENCH_POLICIES").unwrap_or_else(|_| "rs(4,2) none".into());
+    let rounds = env_f("ASHEVILLE_BENCH_ROUNDS", 3.0).max(1.0) as usize;
     let mut done = Vec::new();
-    for policy in policies.split_whitespace() {
-        let redundancy: asheville_core::Redundancy = policy.parse()?;
-        let n = redundancy.total_shards();
-        let work = tempfile_dir()?;
-        let mut config = RepoConfig::local(work.join("repo"), n, redundancy);
-        if let Ok(level) = std::env::var("ASHEVILLE_BENCH_ZSTD") {
-            config.compression = match level.parse::<i8>()? {
-                0 => asheville_core::Compression::None,
-                level => asheville_core::Compression::Zstd { level },
-            };
+    let mut rows: Vec<(String, Row)> = Vec::new();
+    let mut disk: Vec<(f64, f64)> = Vec::new();
+    for round in 1..=rounds {
+        // The disk of the moment (it drifts on a shared VM), next to the
+        // runs it served.
+        let probe_dir = tempfile_dir()?;
+        if let Some(d) = disk_probe(&probe_dir) {
+            disk.push(d);
         }
-        config.kdf = KdfParams::INSECURE_FAST_FOR_TESTS;
-        config.cache_bytes = 0;
-        let repo = Repository::create(&work.join("repo/catalog.redb"), config).await?;
-        let t = repo
-            .create_tenant("bench", TenantKey::Passphrase("bench".into()))
-            .await?;
-        reset_peak_rss();
-        let put = tree::put_tree(&t, &src, "data", PutOptions::default(), &NoProgress).await?;
-        let put_rss = peak_rss_mib();
-        let out = work.join("restored");
-        reset_peak_rss();
-        let get = tree::get_tree(&t, "data", &out, &NoProgress).await?;
-        let get_rss = peak_rss_mib();
-        assert_eq!(
-            (get.files, get.bytes),
-            (files, bytes),
-            "restore is complete"
-        );
-        // Again, with large files written back and dropped from the page
-        // cache as they are written (`asheville get --drop-behind`).
-        let plan = tree::RestorePlan::new(&repo, "bench", "data")
-            .await?
-            .drop_behind(true);
-        let behind = tree::get_planned(&t, plan, &work.join("restored-db"), &NoProgress).await?;
-        assert_eq!((behind.files, behind.bytes), (files, bytes));
-        let stored = dir_size(&work.join("repo"));
+        let _ = std::fs::remove_dir_all(&probe_dir);
+        for policy in policies.split_whitespace() {
+            let (row, work) = run_child(policy)?;
+            println!("{}", row.line(&format!("{policy} #{round}")));
+            rows.push((policy.to_owned(), row));
+            done.push(work);
+        }
+    }
+    if rounds > 1 {
+        for policy in policies.split_whitespace() {
+            let of: Vec<&Row> = rows
+                .iter()
+                .filter(|(p, _)| p == policy)
+                .map(|(_, r)| r)
+                .collect();
+            println!("{}", Row::median(&of).line(&format!("**{policy} median**")));
+        }
+    }
+    if !disk.is_empty() {
+        let (w, r): (Vec<f64>, Vec<f64>) = disk.iter().copied().unzip();
+        println!();
         println!(
-            "| {policy} | {n} | {:.0} | {:.0} | {put_rss:.0} | {:.0} | {:.0} | {get_rss:.0} | {:.0} | {:.0} |",
-            put.bytes as f64 / put.seconds / 1e6,
-            put.files as f64 / put.seconds,
-            get.bytes as f64 / get.seconds / 1e6,
-            get.files as f64 / get.seconds,
-            behind.bytes as f64 / behind.seconds / 1e6,
-            stored as f64 / 1048576.0,
+            "disk (O_DIRECT, 1 GiB in 4 MiB requests, once per round): write {} MB/s, read {} MB/s",
+            list(&w),
+            list(&r)
         );
-        drop((t, repo));
-        done.push(work);
     }
     println!();
     if std::env::var_os("ASHEVILLE_BENCH_KEEP").is_some() {
@@ -249,6 +255,220 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         let _ = std::fs::remove_dir_all(&work);
     }
     Ok(())
+}
+
+/// One run's figures.
+#[derive(Clone, Copy)]
+struct Row {
+    n: usize,
+    put_mbs: f64,
+    put_fps: f64,
+    put_rss: f64,
+    get_mbs: f64,
+    get_fps: f64,
+    get_rss: f64,
+    behind_mbs: f64,
+    stored_mib: f64,
+}
+
+impl Row {
+    fn tsv(&self) -> String {
+        format!(
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            self.n,
+            self.put_mbs,
+            self.put_fps,
+            self.put_rss,
+            self.get_mbs,
+            self.get_fps,
+            self.get_rss,
+            self.behind_mbs,
+            self.stored_mib
+        )
+    }
+
+    /// A row from [`Row::tsv`], and what follows it.
+    fn from_tsv(line: &str) -> Option<(Row, &str)> {
+        let mut f = line.trim_end().splitn(10, '\t');
+        let n = f.next()?.parse().ok()?;
+        let mut x = || f.next()?.parse::<f64>().ok();
+        let row = Row {
+            n,
+            put_mbs: x()?,
+            put_fps: x()?,
+            put_rss: x()?,
+            get_mbs: x()?,
+            get_fps: x()?,
+            get_rss: x()?,
+            behind_mbs: x()?,
+            stored_mib: x()?,
+        };
+        Some((row, f.next()?))
+    }
+
+    fn line(&self, label: &str) -> String {
+        format!(
+            "| {label} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            self.n,
+            self.put_mbs,
+            self.put_fps,
+            self.put_rss,
+            self.get_mbs,
+            self.get_fps,
+            self.get_rss,
+            self.behind_mbs,
+            self.stored_mib
+        )
+    }
+
+    /// Each figure's median over `rows` (the upper one of an even count).
+    fn median(rows: &[&Row]) -> Row {
+        let m = |f: fn(&Row) -> f64| {
+            let mut v: Vec<f64> = rows.iter().map(|r| f(r)).collect();
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+        };
+        Row {
+            n: rows.first().map_or(0, |r| r.n),
+            put_mbs: m(|r| r.put_mbs),
+            put_fps: m(|r| r.put_fps),
+            put_rss: m(|r| r.put_rss),
+            get_mbs: m(|r| r.get_mbs),
+            get_fps: m(|r| r.get_fps),
+            get_rss: m(|r| r.get_rss),
+            behind_mbs: m(|r| r.behind_mbs),
+            stored_mib: m(|r| r.stored_mib),
+        }
+    }
+}
+
+fn list(v: &[f64]) -> String {
+    v.iter()
+        .map(|x| format!("{x:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Writes 1 GiB into `dir` around the page cache (`O_DIRECT`, 4 MiB at a
+/// time, synced) and reads it back the same way: (write MB/s, read MB/s),
+/// or `None` where the filesystem refuses `O_DIRECT` (tmpfs).
+fn disk_probe(dir: &Path) -> Option<(f64, f64)> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    const BLOCK: usize = 4 << 20;
+    const COUNT: usize = 256;
+    let path = dir.join("disk-probe");
+    let mut buf = vec![0x5au8; BLOCK + 4096];
+    let at = buf.as_ptr().align_offset(4096);
+    let block = &mut buf[at..at + BLOCK];
+    let t = Instant::now();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)
+        .ok()?;
+    for _ in 0..COUNT {
+        f.write_all(block).ok()?;
+    }
+    f.sync_all().ok()?;
+    let w = (BLOCK * COUNT) as f64 / t.elapsed().as_secs_f64() / 1e6;
+    drop(f);
+    let t = Instant::now();
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)
+        .ok()?;
+    let mut got = 0;
+    loop {
+        match f.read(block).ok()? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    let r = got as f64 / t.elapsed().as_secs_f64() / 1e6;
+    let _ = std::fs::remove_file(&path);
+    Some((w, r))
+}
+
+/// One run of `policy` in a process of its own (this bench again, with
+/// [`RUN_ENV`] set), as the CLI runs: its peak RSS is its own, not
+/// raised by what the runs before left in this process's heap.
+fn run_child(policy: &str) -> Result<(Row, PathBuf), Box<dyn std::error::Error>> {
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .env(RUN_ENV, policy)
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        return Err(format!("the run of {policy} failed: {}", out.status).into());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (row, work) = text
+        .lines()
+        .find_map(Row::from_tsv)
+        .ok_or_else(|| format!("the run of {policy} printed no figures: {text}"))?;
+    Ok((row, PathBuf::from(work)))
+}
+
+/// Puts `src` into a new repository of `policy` in a temp dir, gets it
+/// back, and again with drop-behind; returns the figures and the temp dir.
+async fn run_policy(
+    policy: &str,
+    src: &Path,
+    files: u64,
+    bytes: u64,
+) -> Result<(Row, PathBuf), Box<dyn std::error::Error>> {
+    let redundancy: asheville_core::Redundancy = policy.parse()?;
+    let n = redundancy.total_shards();
+    let work = tempfile_dir()?;
+    let mut config = RepoConfig::local(work.join("repo"), n, redundancy);
+    if let Ok(level) = std::env::var("ASHEVILLE_BENCH_ZSTD") {
+        config.compression = match level.parse::<i8>()? {
+            0 => asheville_core::Compression::None,
+            level => asheville_core::Compression::Zstd { level },
+        };
+    }
+    config.kdf = KdfParams::INSECURE_FAST_FOR_TESTS;
+    config.cache_bytes = 0;
+    let repo = Repository::create(&work.join("repo/catalog.redb"), config).await?;
+    let t = repo
+        .create_tenant("bench", TenantKey::Passphrase("bench".into()))
+        .await?;
+    reset_peak_rss();
+    let put = tree::put_tree(&t, src, "data", PutOptions::default(), &NoProgress).await?;
+    let put_rss = peak_rss_mib();
+    let out = work.join("restored");
+    reset_peak_rss();
+    let get = tree::get_tree(&t, "data", &out, &NoProgress).await?;
+    let get_rss = peak_rss_mib();
+    assert_eq!(
+        (get.files, get.bytes),
+        (files, bytes),
+        "restore is complete"
+    );
+    // Again, with large files written back and dropped from the page
+    // cache as they are written (`asheville get --drop-behind`).
+    let plan = tree::RestorePlan::new(&repo, "bench", "data")
+        .await?
+        .drop_behind(true);
+    let behind = tree::get_planned(&t, plan, &work.join("restored-db"), &NoProgress).await?;
+    assert_eq!((behind.files, behind.bytes), (files, bytes));
+    let stored = dir_size(&work.join("repo"));
+    drop((t, repo));
+    let row = Row {
+        n,
+        put_mbs: put.bytes as f64 / put.seconds / 1e6,
+        put_fps: put.files as f64 / put.seconds,
+        put_rss,
+        get_mbs: get.bytes as f64 / get.seconds / 1e6,
+        get_fps: get.files as f64 / get.seconds,
+        get_rss,
+        behind_mbs: behind.bytes as f64 / behind.seconds / 1e6,
+        stored_mib: stored as f64 / 1048576.0,
+    };
+    Ok((row, work))
 }
 
 fn tempfile_dir() -> std::io::Result<PathBuf> {
