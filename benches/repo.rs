@@ -74,7 +74,9 @@ impl Rng {
 fn dataset(scale: f64) -> std::io::Result<(PathBuf, u64, u64)> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join(format!("../target/bench-data/mixed-{scale}"));
-    let done = root.with_extension("complete");
+    // Not `with_extension`: it would take the ".1" of "mixed-0.1" for an
+    // extension, and every fractional scale would share one marker.
+    let done = root.with_file_name(format!("mixed-{scale}.complete"));
     let (mut files, mut bytes) = (0u64, 0u64);
     if !done.exists() {
         let _ = std::fs::remove_dir_all(&root);
@@ -240,8 +242,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         println!();
         println!(
             "disk (O_DIRECT, 1 GiB in 4 MiB requests, once per round): write {} MB/s, read {} MB/s",
-            list(&w),
-            list(&r)
+            list(&w, ", "),
+            list(&r, ", ")
         );
     }
     println!();
@@ -260,93 +262,63 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// One run's figures.
 #[derive(Clone, Copy)]
 struct Row {
-    n: usize,
-    put_mbs: f64,
-    put_fps: f64,
-    put_rss: f64,
-    get_mbs: f64,
-    get_fps: f64,
-    get_rss: f64,
-    behind_mbs: f64,
-    stored_mib: f64,
+    backends: usize,
+    /// In the table's column order: put MB/s, put files/s, put peak RSS
+    /// MiB, get MB/s, get files/s, get peak RSS MiB, get --drop-behind
+    /// MB/s, stored MiB.
+    figures: [f64; 8],
 }
 
 impl Row {
+    /// The row as the child process prints it.
     fn tsv(&self) -> String {
-        format!(
-            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
-            self.n,
-            self.put_mbs,
-            self.put_fps,
-            self.put_rss,
-            self.get_mbs,
-            self.get_fps,
-            self.get_rss,
-            self.behind_mbs,
-            self.stored_mib
-        )
+        std::iter::once(self.backends.to_string())
+            .chain(self.figures.iter().map(f64::to_string))
+            .collect::<Vec<_>>()
+            .join("\t")
     }
 
     /// A row from [`Row::tsv`], and what follows it.
     fn from_tsv(line: &str) -> Option<(Row, &str)> {
         let mut f = line.trim_end().splitn(10, '\t');
-        let n = f.next()?.parse().ok()?;
-        let mut x = || f.next()?.parse::<f64>().ok();
-        let row = Row {
-            n,
-            put_mbs: x()?,
-            put_fps: x()?,
-            put_rss: x()?,
-            get_mbs: x()?,
-            get_fps: x()?,
-            get_rss: x()?,
-            behind_mbs: x()?,
-            stored_mib: x()?,
-        };
-        Some((row, f.next()?))
+        let backends = f.next()?.parse().ok()?;
+        let mut figures = [0.0; 8];
+        for x in &mut figures {
+            *x = f.next()?.parse().ok()?;
+        }
+        Some((Row { backends, figures }, f.next()?))
     }
 
+    /// The row in the markdown table.
     fn line(&self, label: &str) -> String {
         format!(
-            "| {label} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
-            self.n,
-            self.put_mbs,
-            self.put_fps,
-            self.put_rss,
-            self.get_mbs,
-            self.get_fps,
-            self.get_rss,
-            self.behind_mbs,
-            self.stored_mib
+            "| {label} | {} | {} |",
+            self.backends,
+            list(&self.figures, " | ")
         )
     }
 
     /// Each figure's median over `rows` (the upper one of an even count).
     fn median(rows: &[&Row]) -> Row {
-        let m = |f: fn(&Row) -> f64| {
-            let mut v: Vec<f64> = rows.iter().map(|r| f(r)).collect();
+        let mut figures = [f64::NAN; 8];
+        for (i, m) in figures.iter_mut().enumerate() {
+            let mut v: Vec<f64> = rows.iter().map(|r| r.figures[i]).collect();
             v.sort_by(f64::total_cmp);
-            v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-        };
+            *m = v.get(v.len() / 2).copied().unwrap_or(f64::NAN);
+        }
         Row {
-            n: rows.first().map_or(0, |r| r.n),
-            put_mbs: m(|r| r.put_mbs),
-            put_fps: m(|r| r.put_fps),
-            put_rss: m(|r| r.put_rss),
-            get_mbs: m(|r| r.get_mbs),
-            get_fps: m(|r| r.get_fps),
-            get_rss: m(|r| r.get_rss),
-            behind_mbs: m(|r| r.behind_mbs),
-            stored_mib: m(|r| r.stored_mib),
+            backends: rows.first().map_or(0, |r| r.backends),
+            figures,
         }
     }
 }
 
-fn list(v: &[f64]) -> String {
+/// The figures rounded, joined by `sep`.
+fn list(v: &[f64], sep: &str) -> String {
     v.iter()
         .map(|x| format!("{x:.0}"))
         .collect::<Vec<_>>()
-        .join(", ")
+        .join(sep)
 }
 
 /// Writes 1 GiB into `dir` around the page cache (`O_DIRECT`, 4 MiB at a
@@ -458,15 +430,17 @@ async fn run_policy(
     let stored = dir_size(&work.join("repo"));
     drop((t, repo));
     let row = Row {
-        n,
-        put_mbs: put.bytes as f64 / put.seconds / 1e6,
-        put_fps: put.files as f64 / put.seconds,
-        put_rss,
-        get_mbs: get.bytes as f64 / get.seconds / 1e6,
-        get_fps: get.files as f64 / get.seconds,
-        get_rss,
-        behind_mbs: behind.bytes as f64 / behind.seconds / 1e6,
-        stored_mib: stored as f64 / 1048576.0,
+        backends: n,
+        figures: [
+            put.bytes as f64 / put.seconds / 1e6,
+            put.files as f64 / put.seconds,
+            put_rss,
+            get.bytes as f64 / get.seconds / 1e6,
+            get.files as f64 / get.seconds,
+            get_rss,
+            behind.bytes as f64 / behind.seconds / 1e6,
+            stored as f64 / 1048576.0,
+        ],
     };
     Ok((row, work))
 }
