@@ -321,9 +321,16 @@ fn list(v: &[f64], sep: &str) -> String {
         .join(sep)
 }
 
+/// No disk probe off Linux (`O_DIRECT` is Linux's).
+#[cfg(not(target_os = "linux"))]
+fn disk_probe(_dir: &Path) -> Option<(f64, f64)> {
+    None
+}
+
 /// Writes 1 GiB into `dir` around the page cache (`O_DIRECT`, 4 MiB at a
 /// time, synced) and reads it back the same way: (write MB/s, read MB/s),
 /// or `None` where the filesystem refuses `O_DIRECT` (tmpfs).
+#[cfg(target_os = "linux")]
 fn disk_probe(dir: &Path) -> Option<(f64, f64)> {
     use std::io::{Read, Write};
     use std::os::unix::fs::OpenOptionsExt;
