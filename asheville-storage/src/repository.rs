@@ -268,12 +268,14 @@ impl Repository {
             .map(|(i, b)| (b.name.clone(), i))
             .collect();
         let cache = ReadCache::new(config.cache_bytes);
-        // Idle buffers for every pack in flight. A buffer is only made
-        // when none is idle, so at most `packs_in_flight` sets exist
-        // whatever the pools keep; a pool smaller than that drops buffers
-        // that the next packs must map and fault in afresh (parity
-        // buffers are taken when a pack is sealed, after the packs
-        // before it gave theirs back). Put of the peers set, CLI: rs(4,2)
+        // Idle buffers for every pack one writer has in flight. A buffer
+        // is only made when none is idle, so keeping them costs a single
+        // put no memory beyond its `packs_in_flight` sets (writers at
+        // once each have their own permits; the pools keep one writer's
+        // worth idle). A pool smaller than that drops buffers that the
+        // next packs must map and fault in afresh (parity buffers are
+        // taken when a pack is sealed, after the packs before it gave
+        // theirs back). Put of the peers set, CLI: rs(4,2)
         // 77k page faults against 105k keeping all but one pack's, peak
         // RSS 112-117 MiB against 107-109; rs(2,1) 3 alternating rounds,
         // 3.41-3.71 s of CPU against 3.55-3.87, 111-114 MiB against
