@@ -221,7 +221,14 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
         let _ = std::fs::remove_dir_all(&probe_dir);
         for policy in policies.split_whitespace() {
-            let (row, work) = run_child(policy)?;
+            let (row, work) = match run_child(policy) {
+                Ok(run) => run,
+                Err(e) => {
+                    // The runs before it hold gigabytes: not left behind.
+                    release(done);
+                    return Err(e);
+                }
+            };
             println!("{}", row.line(&format!("{policy} #{round}")));
             rows.push((policy.to_owned(), row));
             done.push(work);
@@ -247,16 +254,21 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     println!();
-    if std::env::var_os("ASHEVILLE_BENCH_KEEP").is_some() {
-        for work in done {
-            eprintln!("kept {}", work.display());
-        }
-        return Ok(());
-    }
-    for work in done {
-        let _ = std::fs::remove_dir_all(&work);
-    }
+    release(done);
     Ok(())
+}
+
+/// Removes the runs' temp dirs, or with `ASHEVILLE_BENCH_KEEP` prints
+/// where they are.
+fn release(done: Vec<PathBuf>) {
+    let keep = std::env::var_os("ASHEVILLE_BENCH_KEEP").is_some();
+    for work in done {
+        if keep {
+            eprintln!("kept {}", work.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&work);
+        }
+    }
 }
 
 /// One run's figures.
