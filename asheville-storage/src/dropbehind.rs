@@ -111,6 +111,16 @@ impl WriteBehind {
         Ok(())
     }
 
+    /// Bytes written.
+    pub(crate) fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// The file being written.
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+
     /// The file, with the write-back of its tail started.
     pub(crate) fn finish(self) -> Arc<File> {
         if self.on && self.written > self.started {
@@ -187,4 +197,34 @@ pub(crate) fn will_need(file: &File, offset: u64, len: u64) {
 #[cfg(target_os = "linux")]
 fn advise(file: &File, offset: u64, len: u64, advice: rustix::fs::Advice) {
     let _ = rustix::fs::fadvise(file, offset, std::num::NonZeroU64::new(len), advice);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_written_behind_reads_back_whole_whether_dropped_or_not() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // Lengths around the write-back window.
+        let w = WINDOW as usize;
+        let lens = [0, 1, w - 1, 1, w, 3 * w + 123, 7];
+        for on in [false, true] {
+            let path = dir.path().join(format!("f-{on}"));
+            let mut w = WriteBehind::new(File::create(&path).expect("create"), on);
+            let mut want = Vec::new();
+            for (i, &len) in lens.iter().enumerate() {
+                let part: Vec<u8> = (0..len).map(|j| (i * 31 + j * 7) as u8).collect();
+                w.write_all(&part).expect("write");
+                want.extend_from_slice(&part);
+            }
+            drop(w.finish());
+            release();
+            assert_eq!(
+                std::fs::read(&path).expect("read"),
+                want,
+                "drop-behind {on}"
+            );
+        }
+    }
 }

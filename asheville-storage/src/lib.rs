@@ -44,6 +44,7 @@ pub mod pack;
 pub mod path;
 pub mod rebuild;
 pub mod repository;
+mod sink;
 pub mod tree;
 
 /// A tokio runtime suited to Asheville's work: worker threads for the

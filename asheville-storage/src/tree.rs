@@ -10,12 +10,12 @@ use futures::StreamExt;
 
 use crate::catalog::FileMeta;
 use crate::catalog::{Entry, FileVersion};
-use crate::dropbehind::WriteBehind;
 use crate::error::{Error, ErrorKind, Result};
 use crate::path::RepoPath;
 use crate::repository::{
     LocalFile, Namespace, READ_WHOLE_LIMIT, Repository, Tenant, WHOLE_FILE_LIMIT,
 };
+use crate::sink::{Sink, WriteMode};
 
 /// Files opened (and, when small, read) per blocking call of [`put_tree`].
 const OPEN_GROUP_FILES: usize = 64;
@@ -633,7 +633,9 @@ async fn restore_planned(
     let mut report = TreeReport::default();
     if let Some(fv) = single {
         progress.start(1, fv.size);
-        for fv in restore_file(t, vec![(fv, local.to_path_buf())], drop_behind).await? {
+        let dir = local.parent().filter(|p| !p.as_os_str().is_empty());
+        let mode = WriteMode::new(dir.unwrap_or(Path::new(".")), drop_behind);
+        for fv in restore_file(t, vec![(fv, local.to_path_buf())], &mode).await? {
             progress.file_done(&fv.path, fv.size);
             report.files += 1;
             report.bytes += fv.size;
@@ -691,6 +693,7 @@ async fn restore_planned(
     })
     .await
     .map_err(|e| Error::io("cannot create directory", e))?;
+    let mode = WriteMode::new(local, drop_behind);
     small.sort_by_key(|s| s.0);
     let mut batches: Vec<Vec<(FileVersion, PathBuf)>> = Vec::new();
     let mut batch_bytes = 0;
@@ -712,12 +715,9 @@ async fn restore_planned(
     // and writes.
     let small_done = futures::stream::iter(batches.into_iter().map(|b| restore_batch(t, b, umask)))
         .buffer_unordered(2);
-    let large_done = futures::stream::iter(
-        large
-            .into_iter()
-            .map(|group| restore_file(t, group, drop_behind)),
-    )
-    .buffer_unordered(4);
+    let large_done =
+        futures::stream::iter(large.into_iter().map(|group| restore_file(t, group, &mode)))
+            .buffer_unordered(4);
     let mut done = std::pin::pin!(futures::stream::select(small_done, large_done));
     while let Some(r) = done.next().await {
         for fv in r? {
@@ -796,10 +796,11 @@ async fn restore_batch(
 async fn write_pieces(
     t: &Tenant,
     fv: &FileVersion,
-    sinks: Vec<WriteBehind>,
+    sinks: Vec<Sink>,
+    mode: &std::sync::Arc<WriteMode>,
 ) -> Result<Vec<std::sync::Arc<std::fs::File>>> {
     use futures::TryStreamExt;
-    let wait = |h: tokio::task::JoinHandle<std::io::Result<Vec<WriteBehind>>>| async move {
+    let wait = |h: tokio::task::JoinHandle<std::io::Result<Vec<Sink>>>| async move {
         h.await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)))
             .map_err(|e| Error::io("cannot write restored file", e))
@@ -808,18 +809,18 @@ async fn write_pieces(
     let mut writing = tokio::task::spawn_blocking(move || Ok(sinks));
     while let Some(piece) = pieces.try_next().await? {
         let mut sinks = wait(writing).await?;
+        let mode = mode.clone();
         writing = tokio::task::spawn_blocking(move || {
             for sink in &mut sinks {
-                sink.write_all(&piece)?;
+                sink.write_all(&piece, &mode)?;
             }
             Ok(sinks)
         });
     }
-    Ok(wait(writing)
-        .await?
-        .into_iter()
-        .map(WriteBehind::finish)
-        .collect())
+    let sinks = wait(writing).await?;
+    blocking(move || sinks.into_iter().map(Sink::finish).collect())
+        .await
+        .map_err(|e| Error::io("cannot write restored file", e))
 }
 
 /// A small restored file while it is written, its bytes all in memory
@@ -922,21 +923,23 @@ fn mtime_of(fv: &FileVersion) -> std::time::SystemTime {
 
 /// Restores files of the same content (`group`, each with where it goes;
 /// one, mostly): the first one's chunks are read once and written to each
-/// file through a temp name, with buffered writes, as cp, tar and restic
-/// do: the restore returns once the bytes are in the page cache, and the
-/// kernel writes them back behind it. (Writes around the page cache,
-/// `O_DIRECT`, which this did before, made a cold restore of the peers set,
-/// caches dropped first as `benches/peers` does, wait for the disk:
-/// 1.11-1.14 s against 0.80-0.87 s buffered, at the same CPU. They stay
-/// quicker where the page cache has to take memory this VM has not used
-/// lately: the repo bench's get right after its put, with the page cache
-/// full, ran at 462-681 MB/s with them, 346-415 without.) With
+/// file through a temp name, as [`WriteMode`] says: with buffered writes,
+/// as cp, tar and restic do (the restore returns once the bytes are in the
+/// page cache, and the kernel writes them back behind it), until the
+/// restore finds the page cache dearer than the disk, from then on around
+/// it (`O_DIRECT`). Buffered is quicker where memory is at hand: a cold
+/// restore of the peers set right after `drop_caches` (as `benches/peers`
+/// runs it) took 1.11-1.14 s all `O_DIRECT` against 0.80-0.87 s buffered,
+/// at the same CPU. Around the page cache is quicker where it has to take
+/// memory this VM gave back to its host: restores of the repo bench set
+/// (`rs(4,2)`, CLI) 10 s after the one before, 3 alternating rounds,
+/// 1.76-2.44 s switching against 2.59-4.51 s buffered. With
 /// `drop_behind`, its pages are written back and dropped as it is written
 /// ([`RestorePlan::drop_behind`]). Returns the group's versions.
 async fn restore_file(
     t: &Tenant,
     group: Vec<(FileVersion, PathBuf)>,
-    drop_behind: bool,
+    mode: &std::sync::Arc<WriteMode>,
 ) -> Result<Vec<FileVersion>> {
     let tmps: Vec<PathBuf> = group.iter().map(|(_, dest)| partial_name(dest)).collect();
     let remove_tmps = |tmps: &[PathBuf]| {
@@ -949,20 +952,24 @@ async fn restore_file(
     };
     let tmps_c = tmps.clone();
     let size = first.size;
+    let mode_c = mode.clone();
     let sinks = blocking(move || {
         let mut sinks = Vec::with_capacity(tmps_c.len());
-        for tmp in &tmps_c {
+        for (i, tmp) in tmps_c.iter().enumerate() {
             let created = tmp
                 .parent()
                 .map_or(Ok(()), std::fs::create_dir_all)
-                .and_then(|()| std::fs::File::create(tmp));
-            match created {
-                Ok(f) => {
+                .and_then(|()| std::fs::File::create(tmp))
+                .and_then(|f| {
                     preallocate(&f, size);
-                    sinks.push(WriteBehind::new(f, drop_behind))
-                }
+                    Sink::new(f, tmp, &mode_c)
+                });
+            match created {
+                Ok(sink) => sinks.push(sink),
                 Err(e) => {
-                    remove_tmps(&tmps_c[..sinks.len()]);
+                    // This one's too: it may have been created.
+                    drop(sinks);
+                    remove_tmps(&tmps_c[..=i]);
                     return Err(std::io::Error::new(
                         e.kind(),
                         format!("{}: {e}", tmp.display()),
@@ -978,13 +985,14 @@ async fn restore_file(
     // blocking call; larger ones stream, one write in flight.
     let written = if first.size <= WHOLE_FILE_LIMIT {
         let mut data = Vec::with_capacity(first.size as usize);
+        let mode = mode.clone();
         match t.restore_version(&first, &mut data).await {
             Ok(()) => blocking(move || {
                 sinks
                     .into_iter()
                     .map(|mut sink| {
-                        sink.write_all(&data)?;
-                        Ok(sink.finish())
+                        sink.write_all(&data, &mode)?;
+                        sink.finish()
                     })
                     .collect()
             })
@@ -993,7 +1001,7 @@ async fn restore_file(
             Err(e) => Err(e),
         }
     } else {
-        write_pieces(t, &first, sinks).await
+        write_pieces(t, &first, sinks, mode).await
     };
     let files = match written {
         Ok(files) => files,

@@ -220,6 +220,32 @@ impl DirectFile {
         })
     }
 
+    /// Goes on writing `file` (open for writing at `path`, not
+    /// appending), whose first `written` bytes are written (buffered),
+    /// around the page cache from there: the direct writes start at the
+    /// block `written` falls in, with the bytes of it already written read
+    /// back into the bounce buffer. Where `O_DIRECT` is refused, the writes
+    /// go on buffered.
+    pub(crate) fn resume(file: File, path: &Path, written: u64) -> io::Result<DirectFile> {
+        use std::io::{Seek, SeekFrom};
+        use std::os::unix::fs::FileExt;
+        let mut w = DirectFile::new(file, path, true)?;
+        w.len = written;
+        w.file.seek(SeekFrom::Start(written))?;
+        if let Some((f, bounce)) = &mut w.direct {
+            let start = written - written % ALIGN as u64;
+            let fill = (written - start) as usize;
+            if fill > 0 {
+                // `file` may be open for writing only.
+                File::open(path)?.read_exact_at(&mut bounce.bytes()[..fill], start)?;
+            }
+            f.seek(SeekFrom::Start(start))?;
+            w.len = start;
+            w.fill = fill;
+        }
+        Ok(w)
+    }
+
     /// Appends `data`.
     pub(crate) fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
@@ -492,6 +518,33 @@ mod tests {
         let p = parts(&[10]);
         w.put_blocking(&dest, &p, true).expect("overwrite");
         assert_eq!(std::fs::read(&dest).expect("read"), p[0].to_vec());
+    }
+
+    #[test]
+    fn a_file_begun_buffered_and_resumed_around_the_page_cache_reads_back_whole() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // Switching at an aligned length, inside a block, and before any
+        // byte; then pieces across the bounce buffer.
+        for (i, first) in [0, 1, ALIGN, ALIGN + 5, BOUNCE + 3].into_iter().enumerate() {
+            let path = dir.path().join(format!("r-{i}"));
+            let p = parts(&[first, 7, BOUNCE, ALIGN - 1]);
+            // Write-only, as a restore creates its files.
+            let mut file = File::create(&path).expect("create");
+            file.write_all(&p[0]).expect("buffered write");
+            let mut w = DirectFile::resume(file, &path, first as u64).expect("resume");
+            for piece in &p[1..] {
+                w.write(piece).expect("write");
+            }
+            let (file, _refused) = w.finish().expect("finish");
+            let want: Vec<u8> = p.iter().flat_map(|b| b.iter().copied()).collect();
+            assert_eq!(file.metadata().expect("stat").len(), want.len() as u64);
+            drop(file);
+            assert_eq!(
+                std::fs::read(&path).expect("read"),
+                want,
+                "switched at {first}"
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,257 @@
+//! Where a restore writes its large files: through the page cache, or,
+//! once the page cache turns out dearer than the disk, around it.
+//!
+//! A restore writes through the page cache, as cp, tar and restic do: it
+//! returns once the bytes are cached, and the kernel writes them back
+//! behind it. That is the quickest way where the page cache takes memory
+//! cheaply. It is not on a VM whose balloon hands the memory the guest
+//! freed a while ago back to the host (free page reporting, as on this
+//! project's test VMs): there each page the cache takes from that memory
+//! faults on the host first, and `write` spends 2-3.5 ns of system CPU
+//! per byte instead of ~0.3 (`dd` of 1 GiB in 1 MiB writes: 1.9-3.5 s
+//! against 0.27-0.33 s right after `drop_caches`), slower than the disk
+//! takes the same bytes around the cache (`O_DIRECT`: ~1 ns per byte at
+//! 1 GB/s, mostly waiting, which other files' work overlaps).
+//!
+//! So every restore measures what its buffered writes of large files cost
+//! (the writing thread's CPU time, which the host's faults land in), and
+//! once a window of [`WINDOW`] bytes cost more than [`SLOW_NS_PER_BYTE`],
+//! the large files it starts after that are written with `O_DIRECT`
+//! ([`DirectFile`]); small files stay buffered (each is one small write).
+//! Where `O_DIRECT` cannot pay off (tmpfs, ramfs; not Linux) or with
+//! drop-behind on ([`crate::tree::RestorePlan::drop_behind`], which reuses
+//! the same few cached pages), every file stays buffered.
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::dropbehind::WriteBehind;
+
+/// Bytes of buffered writes over which their cost is judged.
+const WINDOW: u64 = 32 << 20;
+/// System CPU per byte past which the page cache is judged dearer than
+/// the disk: ~3x what a cached write costs where memory is at hand.
+const SLOW_NS_PER_BYTE: u64 = 1;
+
+/// How one restore writes its large files, and what buffered writes have
+/// cost it so far.
+#[derive(Debug)]
+pub(crate) struct WriteMode {
+    drop_behind: bool,
+    /// Whether `O_DIRECT` may be used under the restore's directory.
+    direct_ok: bool,
+    /// Set once buffered writes were found dear: new large files go
+    /// around the page cache.
+    direct: AtomicBool,
+    /// CPU nanoseconds and bytes of the buffered writes of the window
+    /// being measured.
+    window: Mutex<(u64, u64)>,
+}
+
+impl WriteMode {
+    /// The mode of a restore into `dir` (which exists), with drop-behind
+    /// on or off.
+    pub(crate) fn new(dir: &Path, drop_behind: bool) -> Arc<WriteMode> {
+        Arc::new(WriteMode {
+            drop_behind,
+            direct_ok: !drop_behind && direct_helps(dir),
+            direct: AtomicBool::new(false),
+            window: Mutex::new((0, 0)),
+        })
+    }
+
+    /// Counts a buffered write of `bytes` that took `cpu_ns` of the
+    /// writing thread's CPU time.
+    fn measured(&self, cpu_ns: u64, bytes: u64) {
+        let Ok(mut w) = self.window.lock() else {
+            return;
+        };
+        w.0 += cpu_ns;
+        w.1 += bytes;
+        if w.1 >= WINDOW {
+            if w.0 > w.1 * SLOW_NS_PER_BYTE {
+                self.direct.store(true, Ordering::Relaxed);
+            }
+            *w = (0, 0);
+        }
+    }
+
+    /// Whether large files started now go around the page cache.
+    pub(crate) fn goes_direct(&self) -> bool {
+        self.direct.load(Ordering::Relaxed)
+    }
+}
+
+/// A large restored file while it is written, front to back.
+pub(crate) struct Sink {
+    /// Where the file is (a direct handle is opened by name).
+    #[cfg(target_os = "linux")]
+    path: std::path::PathBuf,
+    to: To,
+}
+
+enum To {
+    /// Through the page cache (dropped behind the writer with drop-behind).
+    Cached(WriteBehind),
+    /// Around it.
+    #[cfg(target_os = "linux")]
+    Direct(crate::backend::direct::DirectFile),
+}
+
+impl Sink {
+    /// Writes to `file`, an empty file open for writing at `path`, as
+    /// `mode` says for a file started now.
+    pub(crate) fn new(file: File, path: &Path, mode: &WriteMode) -> io::Result<Sink> {
+        #[cfg(target_os = "linux")]
+        let to = if mode.direct_ok && mode.goes_direct() {
+            To::Direct(crate::backend::direct::DirectFile::new(file, path, true)?)
+        } else {
+            To::Cached(WriteBehind::new(file, mode.drop_behind))
+        };
+        #[cfg(not(target_os = "linux"))]
+        let to = {
+            let _ = path;
+            To::Cached(WriteBehind::new(file, mode.drop_behind))
+        };
+        Ok(Sink {
+            #[cfg(target_os = "linux")]
+            path: path.to_path_buf(),
+            to,
+        })
+    }
+
+    /// Appends `buf`. A buffered write's cost counts towards `mode`, and a
+    /// file written buffered goes on around the page cache once `mode`
+    /// says so: the files streaming when the page cache is found dear are
+    /// the largest ones.
+    pub(crate) fn write_all(&mut self, buf: &[u8], mode: &WriteMode) -> io::Result<()> {
+        match &mut self.to {
+            To::Cached(w) => {
+                if !mode.direct_ok {
+                    return w.write_all(buf);
+                }
+                let before = thread_cpu_ns();
+                w.write_all(buf)?;
+                if let (Some(a), Some(b)) = (before, thread_cpu_ns()) {
+                    mode.measured(b.saturating_sub(a), buf.len() as u64);
+                }
+                #[cfg(target_os = "linux")]
+                if mode.goes_direct() {
+                    self.go_direct()?;
+                }
+                Ok(())
+            }
+            #[cfg(target_os = "linux")]
+            To::Direct(d) => d.write(buf),
+        }
+    }
+
+    /// Goes on around the page cache from what is written.
+    #[cfg(target_os = "linux")]
+    fn go_direct(&mut self) -> io::Result<()> {
+        use crate::backend::direct::DirectFile;
+        let To::Cached(w) = &self.to else {
+            return Ok(());
+        };
+        let written = w.written();
+        let file = w.file().try_clone()?;
+        self.to = To::Direct(DirectFile::resume(file, &self.path, written)?);
+        Ok(())
+    }
+
+    /// The written file.
+    pub(crate) fn finish(self) -> io::Result<Arc<File>> {
+        match self.to {
+            To::Cached(w) => Ok(w.finish()),
+            #[cfg(target_os = "linux")]
+            To::Direct(d) => Ok(Arc::new(d.finish()?.0)),
+        }
+    }
+}
+
+/// Whether writing around the page cache can pay off under `dir`.
+#[cfg(target_os = "linux")]
+fn direct_helps(dir: &Path) -> bool {
+    crate::backend::direct::worth_it(dir)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn direct_helps(_dir: &Path) -> bool {
+    false
+}
+
+/// CPU time of the calling thread, in nanoseconds.
+#[cfg(target_os = "linux")]
+fn thread_cpu_ns() -> Option<u64> {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Some(u64::try_from(t.tv_sec).ok()? * 1_000_000_000 + u64::try_from(t.tv_nsec).ok()?)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn thread_cpu_ns() -> Option<u64> {
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(n: usize, seed: u8) -> Vec<u8> {
+        (0..n).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
+    }
+
+    #[test]
+    fn a_file_that_switches_to_direct_writes_mid_way_reads_back_whole() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mode = WriteMode::new(dir.path(), false);
+        let path = dir.path().join("f");
+        let mut sink = Sink::new(File::create(&path).expect("create"), &path, &mode).expect("sink");
+        assert!(
+            matches!(sink.to, To::Cached(_)),
+            "a restore starts buffered"
+        );
+        let parts = [
+            bytes(5000, 1),
+            bytes(70_001, 2),
+            bytes(1 << 20, 3),
+            bytes(3, 4),
+        ];
+        sink.write_all(&parts[0], &mode).expect("write");
+        // A window of writes that cost 2 ns per byte: dear.
+        mode.measured(2 * WINDOW, WINDOW);
+        assert_eq!(mode.goes_direct(), mode.direct_ok);
+        for p in &parts[1..] {
+            sink.write_all(p, &mode).expect("write");
+        }
+        #[cfg(target_os = "linux")]
+        assert_eq!(
+            matches!(sink.to, To::Direct(_)),
+            mode.direct_ok,
+            "switched mid-file"
+        );
+        let file = sink.finish().expect("finish");
+        let want = parts.concat();
+        assert_eq!(file.metadata().expect("stat").len(), want.len() as u64);
+        assert_eq!(std::fs::read(&path).expect("read"), want);
+        // A file started now goes around the page cache from its start.
+        let path2 = dir.path().join("g");
+        let sink = Sink::new(File::create(&path2).expect("create"), &path2, &mode).expect("sink");
+        assert_eq!(matches!(sink.to, To::Cached(_)), !mode.direct_ok);
+    }
+
+    #[test]
+    fn cheap_buffered_writes_keep_the_page_cache() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mode = WriteMode::new(dir.path(), false);
+        // 0.3 ns per byte, as where memory is at hand.
+        mode.measured(3 * WINDOW / 10, WINDOW);
+        assert!(!mode.goes_direct());
+        // Drop-behind never writes around the page cache.
+        let behind = WriteMode::new(dir.path(), true);
+        behind.measured(10 * WINDOW, WINDOW);
+        assert!(!behind.direct_ok);
+    }
+}
