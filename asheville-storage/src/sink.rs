@@ -15,7 +15,8 @@
 //!
 //! So every restore measures what its buffered writes of large files cost
 //! (the writing thread's CPU time, which the host's faults land in), and
-//! once a window of [`WINDOW`] bytes cost more than [`SLOW_NS_PER_BYTE`],
+//! once a window of [`WINDOW`] bytes cost more than [`SLOW_NS_PER_BYTE`]
+//! (and [`SLOW_COPIES`] in-memory copies of it),
 //! its large files go on with `O_DIRECT`
 //! ([`DirectFile`](crate::backend::direct::DirectFile)), those being
 //! written included, from the block they had reached; small files stay
@@ -38,8 +39,15 @@ use crate::dropbehind::WriteBehind;
 /// Bytes of buffered writes over which their cost is judged.
 const WINDOW: u64 = 32 << 20;
 /// System CPU per byte past which the page cache is judged dearer than
-/// the disk: ~3x what a cached write costs where memory is at hand.
-const SLOW_NS_PER_BYTE: u64 = 1;
+/// the disk, at least: ~4x what a cached write costs here where memory is
+/// at hand, a quarter of what it costs on memory the host took back.
+const SLOW_NS_PER_BYTE: f64 = 1.0;
+/// ...and at least this many times what copying a byte in memory costs
+/// the machine ([`copy_ns_per_byte`]): a slow CPU, whose cached writes
+/// cost more than 1 ns per byte where memory is at hand, keeps them
+/// (a cached write costs a few copies: the copy itself and the page
+/// cache's bookkeeping per folio).
+const SLOW_COPIES: f64 = 20.0;
 
 /// How one restore writes its large files, and what buffered writes have
 /// cost it so far.
@@ -48,6 +56,8 @@ pub(crate) struct WriteMode {
     drop_behind: bool,
     /// Whether `O_DIRECT` may be used under the restore's directory.
     direct_ok: bool,
+    /// CPU per byte of buffered writes past which they are judged dear.
+    slow_ns_per_byte: f64,
     /// Set once buffered writes were found dear: new large files go
     /// around the page cache.
     direct: AtomicBool,
@@ -60,9 +70,15 @@ impl WriteMode {
     /// The mode of a restore into `dir` (which exists), with drop-behind
     /// on or off.
     pub(crate) fn new(dir: &Path, drop_behind: bool) -> Arc<WriteMode> {
+        let direct_ok = !drop_behind && direct_helps(dir);
+        let slow_ns_per_byte = match direct_ok {
+            true => SLOW_NS_PER_BYTE.max(SLOW_COPIES * copy_ns_per_byte()),
+            false => f64::INFINITY,
+        };
         Arc::new(WriteMode {
             drop_behind,
-            direct_ok: !drop_behind && direct_helps(dir),
+            direct_ok,
+            slow_ns_per_byte,
             direct: AtomicBool::new(false),
             window: Mutex::new((0, 0)),
         })
@@ -77,7 +93,7 @@ impl WriteMode {
         w.0 += cpu_ns;
         w.1 += bytes;
         if w.1 >= WINDOW {
-            if w.0 > w.1 * SLOW_NS_PER_BYTE {
+            if w.0 as f64 > w.1 as f64 * self.slow_ns_per_byte {
                 self.direct.store(true, Ordering::Relaxed);
             }
             *w = (0, 0);
@@ -177,6 +193,22 @@ impl Sink {
     }
 }
 
+/// What copying a byte within memory costs this machine, in ns: the best
+/// of a few copies of a warm 256 KiB buffer (~0.5 ms in all).
+fn copy_ns_per_byte() -> f64 {
+    const LEN: usize = 256 << 10;
+    let src = vec![1u8; LEN];
+    let mut dst = vec![0u8; LEN];
+    let mut best = f64::INFINITY;
+    for _ in 0..8 {
+        let t = std::time::Instant::now();
+        dst.copy_from_slice(std::hint::black_box(&src));
+        std::hint::black_box(&mut dst);
+        best = best.min(t.elapsed().as_nanos() as f64 / LEN as f64);
+    }
+    best
+}
+
 /// Whether writing around the page cache can pay off under `dir`.
 #[cfg(target_os = "linux")]
 fn direct_helps(dir: &Path) -> bool {
@@ -225,8 +257,8 @@ mod tests {
             bytes(3, 4),
         ];
         sink.write_all(&parts[0], &mode).expect("write");
-        // A window of writes that cost 2 ns per byte: dear.
-        mode.measured(2 * WINDOW, WINDOW);
+        // A window of writes that cost 1,000 ns per byte: dear anywhere.
+        mode.measured(1000 * WINDOW, WINDOW);
         assert_eq!(mode.goes_direct(), mode.direct_ok);
         for p in &parts[1..] {
             sink.write_all(p, &mode).expect("write");
@@ -254,6 +286,7 @@ mod tests {
         // 0.3 ns per byte, as where memory is at hand.
         mode.measured(3 * WINDOW / 10, WINDOW);
         assert!(!mode.goes_direct());
+        assert!(mode.slow_ns_per_byte >= SLOW_NS_PER_BYTE);
         // Drop-behind never writes around the page cache.
         let behind = WriteMode::new(dir.path(), true);
         behind.measured(10 * WINDOW, WINDOW);
