@@ -31,7 +31,7 @@
 use std::fs::File;
 use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::dropbehind::WriteBehind;
@@ -49,6 +49,12 @@ const SLOW_NS_PER_BYTE: f64 = 1.0;
 /// cache's bookkeeping per folio).
 const SLOW_COPIES: f64 = 20.0;
 
+/// Files a restore writes around the page cache at once, at most, each
+/// with a 512 KiB bounce buffer: the four large files it streams, and
+/// copies of them (a file whose content the tree holds many times is
+/// written to every copy at once); the rest stay buffered.
+const MAX_DIRECT: usize = 8;
+
 /// How one restore writes its large files, and what buffered writes have
 /// cost it so far.
 #[derive(Debug)]
@@ -64,6 +70,9 @@ pub(crate) struct WriteMode {
     /// CPU nanoseconds and bytes of the buffered writes of the window
     /// being measured.
     window: Mutex<(u64, u64)>,
+    /// Files being written around the page cache.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    direct_files: AtomicUsize,
 }
 
 impl WriteMode {
@@ -81,7 +90,23 @@ impl WriteMode {
             slow_ns_per_byte,
             direct: AtomicBool::new(false),
             window: Mutex::new((0, 0)),
+            direct_files: AtomicUsize::new(0),
         })
+    }
+
+    /// A place among the [`MAX_DIRECT`] files written around the page
+    /// cache, if the page cache was found dear and one is free.
+    #[cfg(target_os = "linux")]
+    fn direct_slot(self: &Arc<Self>) -> Option<DirectSlot> {
+        if !self.direct_ok || !self.goes_direct() {
+            return None;
+        }
+        self.direct_files
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < MAX_DIRECT).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| DirectSlot(self.clone()))
     }
 
     /// Counts a buffered write of `bytes` that took `cpu_ns` of the
@@ -101,8 +126,20 @@ impl WriteMode {
     }
 
     /// Whether large files started now go around the page cache.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(crate) fn goes_direct(&self) -> bool {
         self.direct.load(Ordering::Relaxed)
+    }
+}
+
+/// One of a restore's [`MAX_DIRECT`] places, given back when dropped.
+#[cfg(target_os = "linux")]
+struct DirectSlot(Arc<WriteMode>);
+
+#[cfg(target_os = "linux")]
+impl Drop for DirectSlot {
+    fn drop(&mut self) {
+        self.0.direct_files.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -117,20 +154,25 @@ pub(crate) struct Sink {
 enum To {
     /// Through the page cache (dropped behind the writer with drop-behind).
     Cached(WriteBehind),
-    /// Around it.
+    /// Around it, holding one of the restore's places.
     #[cfg(target_os = "linux")]
-    Direct(crate::backend::direct::DirectFile),
+    Direct(
+        crate::backend::direct::DirectFile,
+        #[allow(dead_code)] DirectSlot,
+    ),
 }
 
 impl Sink {
     /// Writes to `file`, an empty file open for writing at `path`, as
     /// `mode` says for a file started now.
-    pub(crate) fn new(file: File, path: &Path, mode: &WriteMode) -> io::Result<Sink> {
+    pub(crate) fn new(file: File, path: &Path, mode: &Arc<WriteMode>) -> io::Result<Sink> {
         #[cfg(target_os = "linux")]
-        let to = if mode.direct_ok && mode.goes_direct() {
-            To::Direct(crate::backend::direct::DirectFile::new(file, path, true)?)
-        } else {
-            To::Cached(WriteBehind::new(file, mode.drop_behind))
+        let to = match mode.direct_slot() {
+            Some(slot) => To::Direct(
+                crate::backend::direct::DirectFile::new(file, path, true)?,
+                slot,
+            ),
+            None => To::Cached(WriteBehind::new(file, mode.drop_behind)),
         };
         #[cfg(not(target_os = "linux"))]
         let to = {
@@ -148,7 +190,7 @@ impl Sink {
     /// file written buffered goes on around the page cache once `mode`
     /// says so: the files streaming when the page cache is found dear are
     /// the largest ones.
-    pub(crate) fn write_all(&mut self, buf: &[u8], mode: &WriteMode) -> io::Result<()> {
+    pub(crate) fn write_all(&mut self, buf: &[u8], mode: &Arc<WriteMode>) -> io::Result<()> {
         match &mut self.to {
             To::Cached(w) => {
                 if !mode.direct_ok {
@@ -160,26 +202,26 @@ impl Sink {
                     mode.measured(b.saturating_sub(a), buf.len() as u64);
                 }
                 #[cfg(target_os = "linux")]
-                if mode.goes_direct() {
-                    self.go_direct()?;
+                if let Some(slot) = mode.direct_slot() {
+                    self.go_direct(slot)?;
                 }
                 Ok(())
             }
             #[cfg(target_os = "linux")]
-            To::Direct(d) => d.write(buf),
+            To::Direct(d, _) => d.write(buf),
         }
     }
 
     /// Goes on around the page cache from what is written.
     #[cfg(target_os = "linux")]
-    fn go_direct(&mut self) -> io::Result<()> {
+    fn go_direct(&mut self, slot: DirectSlot) -> io::Result<()> {
         use crate::backend::direct::DirectFile;
         let To::Cached(w) = &self.to else {
             return Ok(());
         };
         let written = w.written();
         let file = w.file().try_clone()?;
-        self.to = To::Direct(DirectFile::resume(file, &self.path, written)?);
+        self.to = To::Direct(DirectFile::resume(file, &self.path, written)?, slot);
         Ok(())
     }
 
@@ -188,7 +230,7 @@ impl Sink {
         match self.to {
             To::Cached(w) => Ok(w.finish()),
             #[cfg(target_os = "linux")]
-            To::Direct(d) => Ok(Arc::new(d.finish()?.0)),
+            To::Direct(d, _slot) => Ok(Arc::new(d.finish()?.0)),
         }
     }
 }
@@ -265,7 +307,7 @@ mod tests {
         }
         #[cfg(target_os = "linux")]
         assert_eq!(
-            matches!(sink.to, To::Direct(_)),
+            matches!(sink.to, To::Direct(..)),
             mode.direct_ok,
             "switched mid-file"
         );
@@ -277,6 +319,21 @@ mod tests {
         let path2 = dir.path().join("g");
         let sink = Sink::new(File::create(&path2).expect("create"), &path2, &mode).expect("sink");
         assert_eq!(matches!(sink.to, To::Cached(_)), !mode.direct_ok);
+        // At most MAX_DIRECT at once ("g" holds one); a place is free
+        // again once a file is finished.
+        let mut more = Vec::new();
+        for i in 0..MAX_DIRECT {
+            let p = dir.path().join(format!("h{i}"));
+            more.push(Sink::new(File::create(&p).expect("create"), &p, &mode).expect("sink"));
+        }
+        let direct = |v: &[Sink]| v.iter().filter(|s| !matches!(s.to, To::Cached(_))).count();
+        if mode.direct_ok {
+            assert_eq!(direct(&more), MAX_DIRECT - 1);
+            drop(sink.finish().expect("finish"));
+            let p = dir.path().join("last");
+            more.push(Sink::new(File::create(&p).expect("create"), &p, &mode).expect("sink"));
+            assert_eq!(direct(&more), MAX_DIRECT);
+        }
     }
 
     #[test]
