@@ -203,7 +203,11 @@ impl Sink {
                 }
                 #[cfg(target_os = "linux")]
                 if let Some(slot) = mode.direct_slot() {
-                    self.go_direct(slot)?;
+                    // Only a way to write faster: a file that cannot go
+                    // around the page cache (say it cannot be opened again
+                    // to read back its last block) goes on buffered, from
+                    // the same offset, and gives its place back.
+                    let _ = self.go_direct(slot);
                 }
                 Ok(())
             }
@@ -212,7 +216,9 @@ impl Sink {
         }
     }
 
-    /// Goes on around the page cache from what is written.
+    /// Goes on around the page cache from what is written; on an error,
+    /// the sink is as it was (`resume` only moves its own handle, a clone
+    /// sharing the file offset, to where the writes are anyway).
     #[cfg(target_os = "linux")]
     fn go_direct(&mut self, slot: DirectSlot) -> io::Result<()> {
         use crate::backend::direct::DirectFile;
