@@ -73,6 +73,30 @@ fn benches(c: &mut Criterion) {
             })
         });
     }
+    // Small files: 8 KiB chunks sealed with the default compression, random
+    // (stored as they are) and text (compressed), 16 MiB of each.
+    {
+        let s = Sealer::new(
+            keys.seal_key().clone(),
+            Compression::Zstd { level: 3 },
+            aead::fastest(),
+        )
+        .expect("sealer");
+        let mut out = Vec::with_capacity(16 << 10);
+        let small = 16 << 20;
+        g.throughput(Throughput::Bytes(small as u64));
+        for (name, from) in [("random", &data), ("text", &text)] {
+            g.bench_function(format!("seal_small_8KiB_zstd3_{name}"), |b| {
+                b.iter(|| {
+                    for c in from[..small].chunks(8 << 10) {
+                        out.clear();
+                        black_box(s.seal_into(&id, c, &mut out).ok());
+                    }
+                })
+            });
+        }
+        g.throughput(Throughput::Bytes(n as u64));
+    }
     let packs: Vec<&[u8]> = data.chunks(16 << 20).collect();
     for policy in ["rs(4,2)", "replicas(3)"] {
         let codec = Codec::new(policy.parse::<Redundancy>().expect("policy")).expect("codec");
