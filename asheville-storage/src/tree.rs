@@ -354,6 +354,9 @@ pub async fn put_listed(
 /// bench set ended with ~0.1 s more on one core (CPU use every 50 ms: the
 /// tail at ~45% ran 0.30 s before, 0.20 s after). Halving, each commit
 /// overlaps the fill of a batch half its size, and the last one is small.
+/// The halves split the last window of [`interleave`]: as between any two
+/// batches, a chunk new to both of two of them may be stored twice (the
+/// later copy is garbage for gc).
 fn batch_cap(left: usize, batch_files: usize) -> usize {
     let batch_files = batch_files.max(1);
     if left <= 2 * TAIL_BATCH_FILES {
