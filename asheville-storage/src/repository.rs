@@ -168,10 +168,16 @@ const READ_GAP: usize = 256 << 10;
 /// The most bytes one ranged read of [`Tenant::read_chunks`] covers.
 const READ_SPAN: usize = 8 << 20;
 
-/// Object key of shard `i` of a pack.
+/// Object key of shard `i` of a pack: under [`shard_prefix`] of the
+/// pack id's first byte.
 pub fn shard_key(pack: &PackId, i: usize) -> String {
-    let h = pack.to_hex();
-    format!("packs/{}/{h}.{i}", &h[..2])
+    format!("{}/{}.{i}", shard_prefix(pack.as_bytes()[0]), pack.to_hex())
+}
+
+/// The key prefix (a directory, on a local backend) of the shards of the
+/// packs whose id starts with the byte `first`: `packs/00` to `packs/ff`.
+pub fn shard_prefix(first: u8) -> String {
+    format!("packs/{first:02x}")
 }
 
 struct Inner {
@@ -235,6 +241,14 @@ impl Repository {
             b.put("config.json", vec![Bytes::from(json.clone())])
                 .await?;
         }
+        // Local backends make the 256 directories shards go into now, as
+        // restic makes `data/00`..`data/ff` at init: else the first shard
+        // into each makes its directory and syncs it and its parent, in
+        // the write path. CLI put of the repo bench set into new
+        // repositories (`rs(4,2)`, 8 alternating rounds): median 2.54 ->
+        // 2.45 s, system CPU 1.1 -> 0.87 s.
+        let prefixes: Vec<String> = (0..=255u8).map(shard_prefix).collect();
+        futures::future::try_join_all(backends.iter().map(|b| b.prepare(&prefixes))).await?;
         cat.set_meta(CONFIG_KEY, &json)?;
         Self::with_parts(config, backends, Arc::new(cat))
     }
@@ -2263,6 +2277,17 @@ impl Tenant {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_shard_key_is_under_the_prefix_of_its_packs_first_byte() {
+        for _ in 0..64 {
+            let id = PackId::random().unwrap();
+            let hex = id.to_hex();
+            let prefix = shard_prefix(id.as_bytes()[0]);
+            assert_eq!(prefix, format!("packs/{}", &hex[..2]));
+            assert_eq!(shard_key(&id, 3), format!("{prefix}/{hex}.3"));
+        }
+    }
 
     #[test]
     fn a_small_file_is_read_whole_whatever_room_was_reserved_for_it() {

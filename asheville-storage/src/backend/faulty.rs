@@ -140,6 +140,10 @@ impl Backend for FaultyBackend {
         Ok(())
     }
 
+    async fn prepare(&self, prefixes: &[String]) -> Result<()> {
+        self.inner.prepare(prefixes).await
+    }
+
     async fn sync(&self, keys: &[String]) -> Result<()> {
         self.check()?;
         if self.fault() == Fault::FailSyncs {

@@ -75,6 +75,16 @@ pub trait Backend: Send + Sync + fmt::Debug {
         Ok(())
     }
 
+    /// Told once, when a repository is created on this backend, the key
+    /// prefixes most of its objects will go under (`packs/00` to
+    /// `packs/ff`). A local directory makes them now, so that the first
+    /// write under each need not make and sync a directory of its own;
+    /// the default does nothing (object stores have no directories).
+    async fn prepare(&self, prefixes: &[String]) -> Result<()> {
+        let _ = prefixes;
+        Ok(())
+    }
+
     /// The whole object. `NotFound` if absent.
     async fn get(&self, key: &str) -> Result<Bytes>;
 

@@ -100,6 +100,8 @@ pub struct ObjectStoreBackend {
     /// Local directories with `fsync` on write around the page cache.
     #[cfg(target_os = "linux")]
     direct: Option<Arc<super::direct::DirectIo>>,
+    /// A local directory whose writes are synced.
+    fsync: bool,
 }
 
 impl std::fmt::Debug for ObjectStoreBackend {
@@ -118,6 +120,7 @@ impl ObjectStoreBackend {
             local: None,
             #[cfg(target_os = "linux")]
             direct: None,
+            fsync: false,
         }
     }
 
@@ -153,6 +156,7 @@ impl ObjectStoreBackend {
                 );
                 let mut me = Self::new(name, store.clone());
                 me.local = Some(store);
+                me.fsync = *fsync;
                 #[cfg(target_os = "linux")]
                 if *fsync {
                     me.direct = super::direct::DirectIo::for_dir(path).map(Arc::new);
@@ -273,6 +277,40 @@ impl ObjectStoreBackend {
     }
 }
 
+/// Makes the directories `dirs` (and their parents); if `sync`, then
+/// syncs each directory that got a new entry (once, after all are made),
+/// so that the new names are durable. A new directory's own inode is
+/// synced later, with the first objects written into it (their directory
+/// is synced with them: [`super::direct::sync_blocking`], or
+/// `object_store`'s put).
+fn make_dirs(dirs: &[std::path::PathBuf], sync: bool) -> std::io::Result<()> {
+    let mut grown = std::collections::BTreeSet::new();
+    for d in dirs {
+        // The directories to be made, from `d` up to the first that is.
+        let mut new = Vec::new();
+        let mut at = d.as_path();
+        while !at.is_dir() {
+            new.push(at);
+            match at.parent() {
+                Some(p) => at = p,
+                None => break,
+            }
+        }
+        std::fs::create_dir_all(d)?;
+        grown.extend(
+            new.iter()
+                .filter_map(|n| n.parent())
+                .map(std::path::Path::to_path_buf),
+        );
+    }
+    if sync {
+        for p in &grown {
+            std::fs::File::open(p)?.sync_all()?;
+        }
+    }
+    Ok(())
+}
+
 /// Bytes `range` of the file at `path` (fewer if the file is shorter),
 /// read into memory that is not zeroed first: object_store's local store
 /// zero-fills each buffer before reading into it, which was ~3.5% of a
@@ -344,6 +382,27 @@ impl Backend for ObjectStoreBackend {
         }
         let _ = keys;
         Ok(())
+    }
+
+    async fn prepare(&self, prefixes: &[String]) -> Result<()> {
+        let Some(fs) = &self.local else {
+            return Ok(());
+        };
+        let dirs = prefixes
+            .iter()
+            .map(|prefix| {
+                fs.path_to_filesystem(&self.path(prefix)?)
+                    .map_err(|e| self.map_err(prefix, e))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let sync = self.fsync;
+        tokio::task::spawn_blocking(move || make_dirs(&dirs, sync))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            .map_err(|e| {
+                Error::io("cannot make the backend's directories", e)
+                    .with_context("backend", &self.name)
+            })
     }
 
     async fn get(&self, key: &str) -> Result<Bytes> {

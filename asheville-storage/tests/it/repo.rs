@@ -1367,3 +1367,43 @@ async fn copies_of_a_large_file_are_read_once_and_each_restored_with_its_own_tim
     );
     assert!(used[0] > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creating_a_repository_makes_the_shard_directories_of_its_local_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, t) = temp_repo(dir.path(), 3, "rs(2,1)", |_| {}).await;
+    for i in 0..3 {
+        let packs = dir.path().join(format!("backend-{i}/packs"));
+        let mut names: Vec<String> = std::fs::read_dir(&packs)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                assert!(e.file_type().unwrap().is_dir());
+                e.file_name().into_string().unwrap()
+            })
+            .collect();
+        names.sort();
+        let want: Vec<String> = (0..=255u8).map(|b| format!("{b:02x}")).collect();
+        assert_eq!(names, want, "{}", packs.display());
+    }
+    // Empty directories are no objects, and shards go into them.
+    let listed = asheville_storage::Backend::list(repo.backends()[0].as_ref(), "packs/", None, 10)
+        .await
+        .unwrap();
+    assert!(listed.objects.is_empty(), "{:?}", listed.objects);
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    t.put("f", &data[..], FileMeta::default()).await.unwrap();
+    assert_eq!(get(&t, "f").await, data);
+    let listed = asheville_storage::Backend::list(repo.backends()[0].as_ref(), "packs/", None, 10)
+        .await
+        .unwrap();
+    assert!(!listed.objects.is_empty());
+    // A repository on memory backends has no directories to make.
+    let mut config = small_config(dir.path(), 3, "rs(2,1)");
+    for b in &mut config.backends {
+        b.kind = asheville_storage::BackendKind::Memory;
+    }
+    Repository::create(&dir.path().join("m.redb"), config)
+        .await
+        .unwrap();
+}
