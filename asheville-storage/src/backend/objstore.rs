@@ -240,6 +240,20 @@ impl ObjectStoreBackend {
         Ok(())
     }
 
+    /// Where `keys` lie in the local directory `fs`.
+    fn local_paths(
+        &self,
+        fs: &object_store::local::LocalFileSystem,
+        keys: &[String],
+    ) -> Result<Vec<PathBuf>> {
+        keys.iter()
+            .map(|key| {
+                fs.path_to_filesystem(&self.path(key)?)
+                    .map_err(|e| self.map_err(key, e))
+            })
+            .collect()
+    }
+
     fn strip(&self, p: &OsPath) -> String {
         match &self.prefix {
             Some(pre) => p
@@ -366,13 +380,7 @@ impl Backend for ObjectStoreBackend {
     async fn sync(&self, keys: &[String]) -> Result<()> {
         #[cfg(target_os = "linux")]
         if let (Some(fs), Some(_)) = (&self.local, &self.direct) {
-            let paths = keys
-                .iter()
-                .map(|key| {
-                    fs.path_to_filesystem(&self.path(key)?)
-                        .map_err(|e| self.map_err(key, e))
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let paths = self.local_paths(fs, keys)?;
             return tokio::task::spawn_blocking(move || super::direct::sync_blocking(&paths))
                 .await
                 .unwrap_or_else(|e| Err(std::io::Error::other(e)))
@@ -388,13 +396,7 @@ impl Backend for ObjectStoreBackend {
         let Some(fs) = &self.local else {
             return Ok(());
         };
-        let dirs = prefixes
-            .iter()
-            .map(|prefix| {
-                fs.path_to_filesystem(&self.path(prefix)?)
-                    .map_err(|e| self.map_err(prefix, e))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let dirs = self.local_paths(fs, prefixes)?;
         let sync = self.fsync;
         tokio::task::spawn_blocking(move || make_dirs(&dirs, sync))
             .await
