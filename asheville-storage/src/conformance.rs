@@ -18,6 +18,7 @@ pub async fn run_all(b: &dyn Backend) {
     missing_objects(b).await;
     delete_is_idempotent(b).await;
     list_prefix_and_pagination(b).await;
+    prepared_prefixes_hold_no_objects_and_take_puts(b).await;
 }
 
 /// put then get / head return the same bytes and size; empty objects work.
@@ -200,4 +201,27 @@ pub async fn list_prefix_and_pagination(b: &dyn Backend) {
         b.name()
     );
     assert_eq!(p.objects[0].size, "conf/ls/p10".len() as u64);
+}
+
+/// `prepare` succeeds, twice too; the prefixes it was told of list no
+/// objects, and objects put under them read and list as any other.
+pub async fn prepared_prefixes_hold_no_objects_and_take_puts(b: &dyn Backend) {
+    let prefixes = ["conf/pp/00".to_owned(), "conf/pp/ff".to_owned()];
+    b.prepare(&prefixes).await.expect("prepare");
+    b.prepare(&prefixes).await.expect("prepare again");
+    let listed = b.list("conf/pp/", None, 10).await.expect("list");
+    assert!(
+        listed.objects.is_empty(),
+        "{}: prepared prefixes list no objects: {:?}",
+        b.name(),
+        listed.objects
+    );
+    b.put_unsynced("conf/pp/ff/x", vec![Bytes::from_static(b"shard")])
+        .await
+        .expect("put under a prepared prefix");
+    b.sync(&["conf/pp/ff/x".to_owned()]).await.expect("sync");
+    assert_eq!(&b.get("conf/pp/ff/x").await.expect("get")[..], b"shard");
+    let listed = b.list("conf/pp/", None, 10).await.expect("list");
+    let keys: Vec<&str> = listed.objects.iter().map(|o| o.key.as_str()).collect();
+    assert_eq!(keys, ["conf/pp/ff/x"], "{}", b.name());
 }
