@@ -344,25 +344,8 @@ fn create_parents(path: &Path) -> io::Result<()> {
     let Some(parent) = path.parent() else {
         return Err(io::Error::from(io::ErrorKind::NotFound));
     };
-    let mut first = parent;
-    while !first.exists() {
-        match first.parent() {
-            Some(p) => first = p,
-            None => break,
-        }
-    }
-    std::fs::create_dir_all(parent)?;
-    let mut dir = parent;
-    loop {
-        sync_dir(Some(dir))?;
-        if dir == first {
-            return Ok(());
-        }
-        match dir.parent() {
-            Some(p) => dir = p,
-            None => return Ok(()),
-        }
-    }
+    super::objstore::make_dirs(&[parent.to_path_buf()], true)?;
+    sync_dir(Some(parent))
 }
 
 /// Makes files written by [`DirectIo::put`] without `sync` durable:

@@ -297,7 +297,7 @@ impl ObjectStoreBackend {
 /// synced later, with the first objects written into it (their directory
 /// is synced with them: [`super::direct::sync_blocking`], or
 /// `object_store`'s put).
-fn make_dirs(dirs: &[std::path::PathBuf], sync: bool) -> std::io::Result<()> {
+pub(super) fn make_dirs(dirs: &[std::path::PathBuf], sync: bool) -> std::io::Result<()> {
     let mut grown = std::collections::BTreeSet::new();
     for d in dirs {
         // The directories to be made, from `d` up to the first that is.
