@@ -73,6 +73,29 @@ pub fn finish(
     seal: &SealKey,
     entries: &[TrailerEntry],
 ) -> Result<()> {
+    finish_padded(pack, 0, id, tenant, seal, entries, 1)
+}
+
+/// [`finish`] for a pack that starts at `pack[start..]` (the offsets in
+/// `entries` count from there), with zeros between the blobs and the
+/// trailer so that the pack's length is a multiple of `multiple` (the
+/// padding is at most `multiple - 1` bytes; readers skip it, as every
+/// blob lies before the trailer). Fails if `multiple` is zero.
+pub fn finish_padded(
+    pack: &mut Vec<u8>,
+    start: usize,
+    id: &PackId,
+    tenant: &str,
+    seal: &SealKey,
+    entries: &[TrailerEntry],
+    multiple: usize,
+) -> Result<()> {
+    if multiple == 0 || start > pack.len() {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "a pack is padded to a multiple of at least 1, after its start",
+        ));
+    }
     let mut body = postcard::to_stdvec(entries)
         .map_err(|e| Error::new(ErrorKind::Other, "cannot encode pack trailer").set_source(e))?;
     let mut nonce = [0u8; 12];
@@ -86,6 +109,9 @@ pub fn finish(
     let c = body.len() as u32;
     let t = u16::try_from(tenant.len())
         .map_err(|_| Error::new(ErrorKind::InvalidInput, "tenant name too long"))?;
+    let tail = body.len() + tag.len() + nonce.len() + tenant.len() + FOOTER;
+    let len = pack.len() - start + tail;
+    pack.resize(pack.len() + len.next_multiple_of(multiple) - len, 0);
     pack.extend_from_slice(&body);
     pack.extend_from_slice(&tag);
     pack.extend_from_slice(&nonce);

@@ -16,9 +16,11 @@
 //! their batch commits ([`sync_blocking`]); until then a crash may leave
 //! them partly written, which is harmless: nothing refers to them yet.
 //! `O_DIRECT` needs buffers, offsets and lengths aligned to the
-//! device's block; data is copied through an aligned bounce buffer (a user
-//! space copy, ~10× cheaper than the kernel's), the last block is padded
-//! with zeros and the file is cut back to its length. A filesystem that
+//! device's block; bytes that line up (see [`DirectFile`]) are written
+//! straight from the caller's memory, the others are copied through an
+//! aligned bounce buffer (a user space copy, ~10× cheaper than the
+//! kernel's), the last block is padded with zeros and the file is cut back
+//! to its length. A filesystem that
 //! refuses `O_DIRECT` (`EINVAL`) gets the ordinary buffered write, and the
 //! backend stops trying. A directory on tmpfs or ramfs is written buffered
 //! from the start: there the page cache is the storage, and the bounce copy
@@ -181,6 +183,14 @@ impl DirectIo {
 /// `O_DIRECT` (`EINVAL`, at open or at the first write) gets ordinary
 /// buffered writes from where the direct ones stopped, so no byte is lost
 /// or written twice.
+///
+/// Bytes whose address lines up with their place in the file (both at a
+/// multiple of what `O_DIRECT` needs here, once the bytes before them
+/// fill a block) skip the bounce buffer: only the partial blocks at either
+/// end are copied. The write path lays out pack and parity buffers so
+/// that shard payloads line up behind their headers
+/// ([`asheville_core::redundancy::SHARD_HEADER_LEN`]); other bytes are
+/// copied as before.
 pub(crate) struct DirectFile {
     /// The file as opened by the caller (buffered); returned by `finish`.
     file: File,
@@ -193,6 +203,47 @@ pub(crate) struct DirectFile {
     len: u64,
     /// Direct writes were tried and refused.
     refused: bool,
+    /// `O_DIRECT`'s alignment of memory and of file offsets here.
+    dio: DioAlign,
+    /// Whether bytes may still be written straight from the caller's
+    /// memory (cleared if the kernel refuses such a write).
+    straight: bool,
+    /// Bytes copied through the bounce buffer (for tests).
+    bounced: u64,
+}
+
+/// What `O_DIRECT` needs aligned: the address of the memory written from
+/// and the file offset (and length) written at.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct DioAlign {
+    mem: usize,
+    offset: usize,
+}
+
+impl DioAlign {
+    /// The file's own (`statx`'s `STATX_DIOALIGN`, Linux 6.1 and later),
+    /// if they divide [`ALIGN`] (which the bounce buffer and every flush
+    /// keep); else [`ALIGN`] for both.
+    fn of(file: &File) -> DioAlign {
+        use rustix::fs::{AtFlags, StatxFlags, statx};
+        let fallback = DioAlign {
+            mem: ALIGN,
+            offset: ALIGN,
+        };
+        let Ok(s) = statx(file, "", AtFlags::EMPTY_PATH, StatxFlags::DIOALIGN) else {
+            return fallback;
+        };
+        let (mem, offset) = (
+            s.stx_dio_mem_align as usize,
+            s.stx_dio_offset_align as usize,
+        );
+        let divides = |a: usize| a.is_power_of_two() && ALIGN.is_multiple_of(a);
+        if s.stx_mask & StatxFlags::DIOALIGN.bits() != 0 && divides(mem) && divides(offset) {
+            DioAlign { mem, offset }
+        } else {
+            fallback
+        }
+    }
 }
 
 impl DirectFile {
@@ -217,12 +268,22 @@ impl DirectFile {
         } else {
             None
         };
+        let dio = match &direct {
+            Some((f, _)) => DioAlign::of(f),
+            None => DioAlign {
+                mem: ALIGN,
+                offset: ALIGN,
+            },
+        };
         Ok(DirectFile {
             file,
             direct,
             fill: 0,
             len: 0,
             refused,
+            dio,
+            straight: true,
+            bounced: 0,
         })
     }
 
@@ -260,15 +321,71 @@ impl DirectFile {
                 self.len += data.len() as u64;
                 return Ok(());
             };
-            let n = data.len().min(BOUNCE - self.fill);
+            // `len` is block-aligned (every flush is), so the bounce buffer
+            // always has room for `lead`: its free room and `lead` are
+            // equal modulo the block, and the room is not zero.
+            let DioAlign { mem, offset } = self.dio;
+            let at = self.len as usize + self.fill;
+            let lead = (offset - at % offset) % offset;
+            let straight = self.straight
+                && data.len() >= lead + offset
+                && (data.as_ptr() as usize).wrapping_add(lead).is_multiple_of(mem);
+            let n = if straight {
+                lead
+            } else {
+                data.len().min(BOUNCE - self.fill)
+            };
             bounce.bytes()[self.fill..self.fill + n].copy_from_slice(&data[..n]);
             self.fill += n;
+            self.bounced += n as u64;
             data = &data[n..];
-            if self.fill == BOUNCE {
+            if straight {
+                if self.fill > 0 {
+                    // A whole number of blocks now.
+                    self.flush_bounce(self.fill)?;
+                }
+                let whole = data.len() - data.len() % offset;
+                let n = self.write_straight(&data[..whole])?;
+                data = &data[n..];
+            } else if self.fill == BOUNCE {
                 self.flush_bounce(BOUNCE)?;
             }
         }
         Ok(())
+    }
+
+    /// Writes `data` (whole blocks, at an address `O_DIRECT` takes, the
+    /// bounce buffer empty) straight from the caller's memory; returns the
+    /// bytes written: all of them, or fewer if the kernel refused
+    /// (`EINVAL`), after which every byte goes through the bounce buffer.
+    fn write_straight(&mut self, data: &[u8]) -> io::Result<usize> {
+        let Some((f, _)) = &mut self.direct else {
+            return Ok(0);
+        };
+        let mut done = 0;
+        while done < data.len() {
+            // In requests of the bounce buffer's size, as the copies went.
+            let upto = data.len().min(done + BOUNCE);
+            match f.write(&data[done..upto]) {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(n) => {
+                    done += n;
+                    self.len += n as u64;
+                    if done % self.dio.offset != 0 {
+                        // Not seen with O_DIRECT: the next offset would not
+                        // be aligned, so stop rather than go on unaligned.
+                        return Err(io::Error::other("short O_DIRECT write"));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_inval(&e) => {
+                    self.straight = false;
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
     }
 
     /// Writes the bounce buffer's first `upto` bytes (a multiple of
@@ -533,6 +650,61 @@ mod tests {
                 want,
                 "switched at {first}"
             );
+        }
+    }
+
+    #[test]
+    fn bytes_that_line_up_with_the_file_skip_the_bounce_buffer() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        const HEADER: usize = 56;
+        let header: Vec<u8> = (0..HEADER as u8).collect();
+        let mut buf: Vec<u8> = (0..3 * BOUNCE + 3 * ALIGN)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        // An address HEADER past a block boundary: the payload's blocks in
+        // the file start HEADER bytes into it.
+        let lined_up = buf.as_ptr().align_offset(ALIGN) + HEADER;
+        // Lengths around the bounce buffer and the block; the last case is
+        // one byte off, so nothing lines up.
+        let cases = [
+            (lined_up, 2 * BOUNCE + 1000),
+            (lined_up, ALIGN + 3),
+            (lined_up, BOUNCE),
+            (lined_up, 100),
+            (lined_up + 1, BOUNCE + 9),
+        ];
+        for (i, &(at, len)) in cases.iter().enumerate() {
+            buf[at] = i as u8; // each file differs
+            let payload = &buf[at..at + len];
+            let path = dir.path().join(format!("s-{i}"));
+            let file = File::create(&path).expect("create");
+            let mut w = DirectFile::new(file, &path, true).expect("open");
+            w.write(&header).expect("header");
+            // In two pieces: a lined-up piece after one that was not.
+            let cut = len / 3;
+            w.write(&payload[..cut]).expect("payload");
+            w.write(&payload[cut..]).expect("payload");
+            let (bounced, dio) = (w.bounced, w.dio);
+            let (file, refused) = w.finish().expect("finish");
+            let mut want = header.clone();
+            want.extend_from_slice(payload);
+            assert_eq!(file.metadata().expect("stat").len(), want.len() as u64);
+            drop(file);
+            assert_eq!(std::fs::read(&path).expect("read"), want, "case {i}");
+            if refused {
+                continue; // no O_DIRECT here (tmpfs before Linux 6.6)
+            }
+            let whole = want.len() as u64;
+            if at == lined_up && len >= 3 * dio.offset {
+                // The header, the rest of its block, the tail, and the
+                // partial blocks around the cut.
+                assert!(
+                    bounced < 4 * dio.offset as u64,
+                    "case {i}: {bounced} of {whole} bytes bounced ({dio:?})"
+                );
+            } else if at != lined_up && dio.mem > 1 {
+                assert_eq!(bounced, whole, "case {i}: nothing lines up");
+            }
         }
     }
 
