@@ -13,17 +13,20 @@
 # compared byte for byte (and by mtime) with the source. Prints one markdown
 # table of medians, each figure also as a ratio to restic's.
 #
-# Restored trees are not deleted until the end of the run: on ext4 without a
-# journal (this VM's root filesystem) the inode allocator skips every inode
-# freed in the last 1-6 minutes (fs/ext4/ialloc.c, recently_deleted), so
-# creating 20,000 files right after deleting 20,000 costs seconds of kernel
-# CPU whoever does it, and the tool restoring next would pay for the cleanup
-# of the one before. Start a run at least 6 minutes after deleting many files
-# on that filesystem (a previous run's cleanup included).
+# Restored trees and repositories are not deleted until the end of the run:
+# on ext4 without a journal (this VM's root filesystem) the inode allocator
+# skips every inode freed in the last 1-6 minutes (fs/ext4/ialloc.c,
+# recently_deleted), checking each one in the inode table, so creating
+# 20,000 files right after deleting 20,000 costs seconds of kernel CPU
+# whoever does it, and the tool restoring next would pay for the cleanup of
+# the one before (a repository is a few hundred to a thousand inodes: its
+# objects and its 256 prefix directories per backend). Start a run at least
+# 6 minutes after deleting many files on that filesystem (a previous run's
+# cleanup included).
 #
 # Environment: PEERS_DIR (work dir, default /tmp/asheville-peers; it needs
-# ~2 GiB plus the dataset size for every restore kept, ~22 GiB for the
-# defaults), PEERS_MB (dataset size, default 1024), PEERS_ROUNDS (default 3),
+# ~2 GiB plus the dataset size for every restore and the repository size
+# for every repository kept, ~40 GiB for the defaults), PEERS_MB (dataset size, default 1024), PEERS_ROUNDS (default 3),
 # PEERS_TOOLS (default "restic borg rustic asheville asheville-rs42
 # asheville-none").
 set -euo pipefail
@@ -50,7 +53,7 @@ ASH="$ROOT/target/release/asheville"
 
 mkdir -p "$WORK"
 if [ -d "$WORK/restored" ]; then
-  echo "removing the restores a stopped run left; wait 6 minutes before measuring on ext4 without a journal" >&2
+  echo "removing the restores and repositories a stopped run left; wait 6 minutes before measuring on ext4 without a journal" >&2
   rm -rf "$WORK/restored"
 fi
 # A run stopped midway must not leave the dataset changed.
@@ -160,8 +163,9 @@ for round in $(seq 1 "$ROUNDS"); do
     restored="$OUT/data"
     check_restore "$restored"
     python3 "$ROOT/benches/peers/dataset.py" --revert "$WORK/data" "$WORK/saved"
-    rm -rf "$R"
-    mkdir -p "$WORK/restored"; mv "$OUT" "$WORK/restored/$tool-$round"
+    mkdir -p "$WORK/restored"
+    mv "$OUT" "$WORK/restored/$tool-$round"
+    mv "$R" "$WORK/restored/repo-$tool-$round"
     echo "round $round: $tool done" >&2
   done
 done
