@@ -324,8 +324,9 @@ impl Repository {
         // RSS 112-117 MiB against 107-109; rs(2,1) 3 alternating rounds,
         // 3.41-3.71 s of CPU against 3.55-3.87, 111-114 MiB against
         // 107-116. Every pack buffer has room for the largest
-        // pack (one chunk past `pack_size`) with a trailer of a few hundred
-        // blobs.
+        // pack (`pack_size`, or a single chunk larger than that) with a
+        // trailer of a few hundred blobs; only the bytes a pack fills are
+        // ever touched (and count in RSS).
         let (k, m) = (
             config.redundancy.data_shards(),
             config.redundancy.total_shards() - config.redundancy.data_shards(),
@@ -865,6 +866,17 @@ impl<'a> PackWriter<'a> {
             return Ok(());
         }
         let len = chunk.len();
+        // A pack is closed before a chunk would take it past the pack
+        // size (a chunk larger than that has a pack of its own), so a pack
+        // buffer holds at most `pack_size` bytes and a trailer, not up to
+        // a whole chunk more.
+        let lane = &self.lanes[self.turn];
+        if lane.bytes > 0
+            && lane.bytes + len + asheville_core::seal::OVERHEAD
+                > self.t.repo.inner.config.pack_size
+        {
+            self.flush(self.turn).await?;
+        }
         // A writer waits for a permit only while it holds no open pack:
         // the other lane's pack opens only if one is free now (waiting
         // while holding one could wait forever with `packs_in_flight` 1,

@@ -329,7 +329,9 @@ impl DirectFile {
             let lead = (offset - at % offset) % offset;
             let straight = self.straight
                 && data.len() >= lead + offset
-                && (data.as_ptr() as usize).wrapping_add(lead).is_multiple_of(mem);
+                && (data.as_ptr() as usize)
+                    .wrapping_add(lead)
+                    .is_multiple_of(mem);
             let n = if straight {
                 lead
             } else {

@@ -146,6 +146,44 @@ async fn round_trip_versions_ranges_and_reopen() {
     );
 }
 
+/// Packs stay within the pack size (a pack is closed before a chunk would
+/// take it past), are full to within a chunk, and Reed-Solomon packs are
+/// padded to `k` × 512 bytes (so every data shard's payload lines up for
+/// `O_DIRECT`); the data reads back whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packs_stay_within_the_pack_size_and_rs_packs_are_padded_to_whole_blocks() {
+    for policy in ["rs(3,2)", "none"] {
+        let dir = tempfile::tempdir().unwrap();
+        let (repo, t) = temp_repo(dir.path(), 5, policy, |_| {}).await;
+        let config = repo.config().clone();
+        let data = random(6 << 20, 41);
+        t.put("big", &data[..], FileMeta::default()).await.unwrap();
+        assert_eq!(get(&t, "big").await, data, "{policy}");
+        let packs = repo.catalog().packs(None, 1000).unwrap();
+        assert!(packs.len() >= 6, "{policy}: {} packs", packs.len());
+        let max_chunk = config.chunker.max_size as u64;
+        // Blob overhead of a pack's chunks, and its trailer, are small.
+        let slack = 32 << 10;
+        let mut short = 0;
+        for p in &packs {
+            assert!(
+                p.data_len <= config.pack_size as u64 + slack,
+                "{policy}: a pack of {} bytes, pack size {}",
+                p.data_len,
+                config.pack_size
+            );
+            if p.data_len + max_chunk + slack < config.pack_size as u64 {
+                short += 1;
+            }
+            if policy == "rs(3,2)" {
+                assert_eq!(p.data_len % (3 * 512), 0, "{policy}: {}", p.data_len);
+            }
+        }
+        // Only the last pack of the put may be short.
+        assert!(short <= 1, "{policy}: {short} short packs");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_data_twice_is_stored_once() {
     let dir = tempfile::tempdir().unwrap();
