@@ -65,7 +65,7 @@ pub use id::{ChunkId, PackId};
 pub use keys::{IdKey, KdfParams, KeyFile, MasterKey, SealKey, TenantKeys};
 pub use placement::{Placement, Slot};
 pub use redundancy::{
-    Codec, Decoded, EncodedPack, Redundancy, ShardInfo, ShardRange, parse_shard_header,
-    verify_shard,
+    Codec, Decoded, EncodedPack, ParityShard, Redundancy, ShardInfo, ShardRange,
+    parse_shard_header, verify_shard,
 };
 pub use seal::{BlobHeader, Compression, Opened, Sealer};

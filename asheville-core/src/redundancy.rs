@@ -491,10 +491,102 @@ impl EncodedPack {
     }
 }
 
+/// How [`Codec`]'s encoders place parity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Parity {
+    /// In buffers, from their start.
+    Plain,
+    /// In buffers, in the data's address phase.
+    InPhase,
+    /// Not now: [`Codec::parity_shards`] makes it as it is written.
+    Later,
+}
+
+/// One parity shard of a pack, made stripe by stripe from the pack's data
+/// shards as it is written, with its checksum, by a writer that does not
+/// hold the whole parity payload in memory
+/// ([`Codec::parity_shards`]).
+pub struct ParityShard {
+    prefix: [u8; 24],
+    hasher: ShardHasher,
+    /// Coefficients over the data shards.
+    row: Vec<u8>,
+    shard_len: usize,
+    /// Payload bytes made so far.
+    made: usize,
+}
+
+impl fmt::Debug for ParityShard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ParityShard")
+            .field("index", &self.prefix[8])
+            .field("shard_len", &self.shard_len)
+            .field("made", &self.made)
+            .finish()
+    }
+}
+
+impl ParityShard {
+    /// Payload length (the shard object is [`SHARD_HEADER_LEN`] longer).
+    pub fn payload_len(&self) -> usize {
+        self.shard_len
+    }
+
+    /// Makes the next `out.len()` payload bytes from `data_shards`, the
+    /// `k` data shard payloads (each [`ParityShard::payload_len`] long).
+    /// Fails on shards of the wrong number or length, or past the end.
+    pub fn make(&mut self, data_shards: &[&[u8]], out: &mut [u8]) -> Result<()> {
+        let (a, b) = (self.made, self.made + out.len());
+        if data_shards.len() != self.row.len()
+            || data_shards.iter().any(|d| d.len() != self.shard_len)
+            || b > self.shard_len
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "parity made from the wrong data shards, or past the shard's end",
+            )
+            .with_context("made", a)
+            .with_context("asked", out.len())
+            .with_context("shard_len", self.shard_len));
+        }
+        if out.is_empty() {
+            return Ok(()); // (the SIMD multiply reads its first byte)
+        }
+        for (i, (&c, d)) in self.row.iter().zip(data_shards).enumerate() {
+            if i == 0 {
+                reed_solomon_erasure::galois_8::mul_slice(c, &d[a..b], out);
+            } else {
+                reed_solomon_erasure::galois_8::mul_slice_xor(c, &d[a..b], out);
+            }
+        }
+        self.hasher.update(out);
+        self.made = b;
+        Ok(())
+    }
+
+    /// The shard's header, once its whole payload is made.
+    pub fn header(&self) -> Result<[u8; SHARD_HEADER_LEN]> {
+        if self.made != self.shard_len {
+            return Err(
+                Error::new(ErrorKind::InvalidInput, "parity shard not wholly made")
+                    .with_context("made", self.made)
+                    .with_context("shard_len", self.shard_len),
+            );
+        }
+        let mut h = [0u8; SHARD_HEADER_LEN];
+        h[..24].copy_from_slice(&self.prefix);
+        h[24..].copy_from_slice(&self.hasher.finalize());
+        Ok(h)
+    }
+}
+
 /// Encodes and decodes data under one [`Redundancy`] policy.
 pub struct Codec {
     policy: Redundancy,
     rs: Option<ReedSolomon>,
+    /// Row `j` holds the coefficients of parity shard `k + j` over the
+    /// data shards (Reed-Solomon only).
+    parity_rows: Vec<Vec<u8>>,
 }
 
 impl fmt::Debug for Codec {
@@ -519,7 +611,29 @@ impl Codec {
             ),
             _ => None,
         };
-        Ok(Codec { policy, rs })
+        // Each parity row's coefficients: the parity of data that is one
+        // in shard `i` and zero elsewhere.
+        let mut parity_rows = Vec::new();
+        if let Some(rs) = &rs {
+            let (k, m) = (rs.data_shard_count(), rs.parity_shard_count());
+            parity_rows = vec![vec![0u8; k]; m];
+            for i in 0..k {
+                let unit: Vec<[u8; 1]> = (0..k).map(|d| [u8::from(d == i)]).collect();
+                let mut out = vec![[0u8; 1]; m];
+                rs.encode_sep(&unit, &mut out).map_err(|e| {
+                    Error::new(ErrorKind::InvalidConfig, "Reed-Solomon rejected the policy")
+                        .with_context("detail", format!("{e:?}"))
+                })?;
+                for (row, o) in parity_rows.iter_mut().zip(&out) {
+                    row[i] = o[0];
+                }
+            }
+        }
+        Ok(Codec {
+            policy,
+            rs,
+            parity_rows,
+        })
     }
 
     /// The policy.
@@ -555,7 +669,7 @@ impl Codec {
     /// callers that encode many packs hand back what
     /// [`EncodedPack::into_buffers`] returned.
     pub fn encode_pack_reusing(&self, data: Vec<u8>, spare: Vec<Vec<u8>>) -> Result<EncodedPack> {
-        self.encode_laid_out(data, 0, spare, false)
+        self.encode_laid_out(data, 0, spare, Parity::Plain)
     }
 
     /// [`Codec::encode_pack_reusing`] for the data `data[lead..]`, with
@@ -572,7 +686,39 @@ impl Codec {
         lead: usize,
         spare: Vec<Vec<u8>>,
     ) -> Result<EncodedPack> {
-        self.encode_laid_out(data, lead, spare, true)
+        self.encode_laid_out(data, lead, spare, Parity::InPhase)
+    }
+
+    /// [`Codec::encode_pack_in_phase`] without the parity shards: the
+    /// result holds the data shards (every replica, for `none` and
+    /// replicas) and [`EncodedPack::shard_count`] counts only those; the
+    /// parity shards of `rs(k,m)` are made stripe by stripe, as they are
+    /// written, by [`Codec::parity_shards`] (no parity buffers).
+    pub fn encode_data_in_phase(&self, data: Vec<u8>, lead: usize) -> Result<EncodedPack> {
+        self.encode_laid_out(data, lead, Vec::new(), Parity::Later)
+    }
+
+    /// The parity shards of `data_len` bytes of data, to be made from its
+    /// data shards ([`EncodedPack::payload`] of shards `0..k` of
+    /// [`Codec::encode_data_in_phase`]'s result). None unless
+    /// Reed-Solomon.
+    pub fn parity_shards(&self, data_len: u64) -> Vec<ParityShard> {
+        let s = self.shard_len(data_len);
+        let k = self.policy.data_shards();
+        self.parity_rows
+            .iter()
+            .enumerate()
+            .map(|(j, row)| {
+                let prefix = header_prefix(self.policy, k + j, s, data_len);
+                ParityShard {
+                    hasher: ShardHasher::new(&prefix),
+                    prefix,
+                    row: row.clone(),
+                    shard_len: s,
+                    made: 0,
+                }
+            })
+            .collect()
     }
 
     fn encode_laid_out(
@@ -580,9 +726,16 @@ impl Codec {
         mut data: Vec<u8>,
         lead: usize,
         mut spare: Vec<Vec<u8>>,
-        in_phase: bool,
+        how: Parity,
     ) -> Result<EncodedPack> {
-        let n = self.policy.total_shards();
+        let in_phase = how == Parity::InPhase;
+        let n_all = self.policy.total_shards();
+        // The shards made here: all of them, or the data shards only.
+        let n = if how == Parity::Later && self.rs.is_some() {
+            self.policy.data_shards()
+        } else {
+            n_all
+        };
         let k = self.policy.data_shards();
         let data_len = (data.len() - lead) as u64;
         let s = self.shard_len(data_len);
@@ -637,10 +790,12 @@ impl Codec {
                     .zip(&parity_leads)
                     .map(|(p, &at)| &mut p[at + a..at + b])
                     .collect();
-                rs.encode_sep(&originals, &mut out).map_err(|e| {
-                    Error::new(ErrorKind::InvalidInput, "Reed-Solomon encode failed")
-                        .with_context("detail", format!("{e:?}"))
-                })?;
+                if !out.is_empty() {
+                    rs.encode_sep(&originals, &mut out).map_err(|e| {
+                        Error::new(ErrorKind::InvalidInput, "Reed-Solomon encode failed")
+                            .with_context("detail", format!("{e:?}"))
+                    })?;
+                }
                 for (h, shard) in hashers
                     .iter_mut()
                     .zip(originals.iter().copied().chain(out.iter().map(|p| &**p)))
@@ -930,6 +1085,56 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn parity_made_piece_by_piece_is_the_parity_of_the_whole_encode() {
+        let data: Vec<u8> = (0..300_001u32).map(|i| (i * 7 % 253) as u8).collect();
+        for policy in ["rs(3,2)", "rs(2,1)", "rs(4,2)", "rs(1,2)"] {
+            let codec = Codec::new(policy.parse().unwrap()).unwrap();
+            let whole = codec.encode_pack(data.clone()).unwrap();
+            let k = codec.policy().data_shards();
+            let lead = 56;
+            let mut laid_out = vec![0xEE; lead];
+            laid_out.extend_from_slice(&data);
+            let enc = codec.encode_data_in_phase(laid_out, lead).unwrap();
+            assert_eq!(enc.shard_count(), k, "{policy}: data shards only");
+            for i in 0..k {
+                assert_eq!(
+                    enc.shard_bytes(i),
+                    whole.shard_bytes(i),
+                    "{policy} shard {i}"
+                );
+            }
+            let data_shards: Vec<&[u8]> = (0..k).map(|i| enc.payload(i)).collect();
+            let parity = codec.parity_shards(enc.data_len());
+            assert_eq!(parity.len(), whole.shard_count() - k);
+            for (j, mut p) in parity.into_iter().enumerate() {
+                let s = p.payload_len();
+                // Not whole yet: no header.
+                assert!(p.header().is_err());
+                let mut payload = vec![0u8; s];
+                // Pieces of awkward sizes, one of them empty.
+                let mut at = 0;
+                for step in [1, 0, 4095, 65_537, usize::MAX].into_iter().cycle() {
+                    if at == s {
+                        break;
+                    }
+                    let end = at.saturating_add(step).min(s);
+                    p.make(&data_shards, &mut payload[at..end]).unwrap();
+                    at = end;
+                }
+                // Past the end, or from the wrong shards: refused.
+                assert!(p.make(&data_shards, &mut [0u8; 1]).is_err());
+                assert!(p.make(&data_shards[1..], &mut []).is_err());
+                let mut shard = p.header().unwrap().to_vec();
+                shard.extend_from_slice(&payload);
+                assert_eq!(shard, whole.shard_bytes(k + j), "{policy} parity {j}");
+            }
+        }
+        // No parity to make without Reed-Solomon.
+        let none = Codec::new("replicas(2)".parse().unwrap()).unwrap();
+        assert!(none.parity_shards(1000).is_empty());
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub async fn run_all(b: &dyn Backend) {
     delete_is_idempotent(b).await;
     list_prefix_and_pagination(b).await;
     prepared_prefixes_hold_no_objects_and_take_puts(b).await;
+    made_objects_read_back_whole(b).await;
 }
 
 /// put then get / head return the same bytes and size; empty objects work.
@@ -224,4 +225,107 @@ pub async fn prepared_prefixes_hold_no_objects_and_take_puts(b: &dyn Backend) {
     let listed = b.list("conf/pp/", None, 10).await.expect("list");
     let keys: Vec<&str> = listed.objects.iter().map(|o| o.key.as_str()).collect();
     assert_eq!(keys, ["conf/pp/ff/x"], "{}", b.name());
+}
+
+/// An object made as it is written (`put_unsynced_made`) reads back, once
+/// synced, as its head followed by its body: empty, within one block,
+/// across the first block's end, and across several write buffers.
+pub async fn made_objects_read_back_whole(b: &dyn Backend) {
+    for (i, body) in [0usize, 1, 4040, 4041, 1_100_000].into_iter().enumerate() {
+        let key = format!("conf/made/{i}");
+        b.put_unsynced_made(&key, Box::new(Pattern::new(56, body)))
+            .await
+            .expect("put made");
+        b.sync(std::slice::from_ref(&key)).await.expect("sync");
+        assert_eq!(
+            b.get(&key).await.expect("get made"),
+            Pattern::new(56, body).expected(),
+            "{}: a made object of {body} body bytes differs",
+            b.name()
+        );
+    }
+}
+
+/// A made object for the checks: its body a byte pattern, its head a sum
+/// of the body (so it is only right once the whole body was made, in
+/// order); fails to make past `fail_after` body bytes if set.
+pub(crate) struct Pattern {
+    head_len: usize,
+    body_len: usize,
+    made: usize,
+    sum: u64,
+    pub(crate) fail_after: Option<usize>,
+}
+
+impl Pattern {
+    pub(crate) fn new(head_len: usize, body_len: usize) -> Self {
+        Pattern {
+            head_len,
+            body_len,
+            made: 0,
+            sum: 0,
+            fail_after: None,
+        }
+    }
+
+    fn byte(i: usize) -> u8 {
+        (i * 7 % 251) as u8
+    }
+
+    fn head_of(&self, sum: u64) -> Vec<u8> {
+        sum.to_le_bytes()
+            .iter()
+            .copied()
+            .cycle()
+            .take(self.head_len)
+            .collect()
+    }
+
+    /// The whole object, as a made one must read back.
+    pub(crate) fn expected(&self) -> Vec<u8> {
+        let body: Vec<u8> = (0..self.body_len).map(Self::byte).collect();
+        let sum = body
+            .iter()
+            .fold(0u64, |s, &b| s.wrapping_mul(31).wrapping_add(u64::from(b)));
+        let mut all = self.head_of(sum);
+        all.extend_from_slice(&body);
+        all
+    }
+}
+
+impl crate::backend::MadeObject for Pattern {
+    fn head_len(&self) -> usize {
+        self.head_len
+    }
+
+    fn body_len(&self) -> usize {
+        self.body_len
+    }
+
+    fn make(&mut self, out: &mut [u8]) -> crate::error::Result<()> {
+        if self.made + out.len() > self.body_len
+            || self.fail_after.is_some_and(|f| self.made + out.len() > f)
+        {
+            return Err(crate::error::Error::new(
+                ErrorKind::Other,
+                "pattern: made past its end",
+            ));
+        }
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = Self::byte(self.made + i);
+            self.sum = self.sum.wrapping_mul(31).wrapping_add(u64::from(*o));
+        }
+        self.made += out.len();
+        Ok(())
+    }
+
+    fn head(&mut self) -> crate::error::Result<Vec<u8>> {
+        if self.made != self.body_len {
+            return Err(crate::error::Error::new(
+                ErrorKind::Other,
+                "pattern: not wholly made",
+            ));
+        }
+        Ok(self.head_of(self.sum))
+    }
 }

@@ -62,8 +62,8 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 pub use backend::{
-    Backend, BackendKind, DynBackend, Fault, FaultyBackend, ObjectStoreBackend, RemoteBackend,
-    S3Config,
+    Backend, BackendKind, DynBackend, Fault, FaultyBackend, MadeObject, ObjectStoreBackend,
+    RemoteBackend, S3Config,
 };
 pub use catalog::{
     Catalog, ChunkRef, Entry, FileMeta, FileVersion, ListPage, NewVersion, RedbCatalog, RefProblem,

@@ -193,8 +193,13 @@ struct Inner {
     packs: std::sync::Mutex<HashMap<PackId, Arc<PackRecord>>>,
     /// Pack buffers of finished uploads, for the next packs.
     pack_bufs: crate::bufpool::BufPool,
-    /// Parity buffers of finished uploads (`rs` only).
+    /// Parity buffers of finished uploads (`rs` only, unless parity is
+    /// streamed).
     parity_bufs: crate::bufpool::BufPool,
+    /// Parity shards are made as they are written (`rs` over backends
+    /// that all make objects while writing them: local directories
+    /// written around the page cache), so no pack holds parity buffers.
+    stream_parity: bool,
     /// Read windows of local files put, for the next ones.
     windows: Arc<crate::chunking::WindowPool>,
 }
@@ -343,16 +348,18 @@ impl Repository {
             config.redundancy,
             asheville_core::Redundancy::ReedSolomon { .. }
         );
+        let stream_parity = is_rs && backends.iter().all(|b| b.makes_while_writing());
         let idle = config.packs_in_flight.max(1);
         let pack_bufs = crate::bufpool::BufPool::new(pack_floor, idle);
         let parity_bufs = crate::bufpool::BufPool::keeping_contents(
             pack_floor.div_ceil(k) + asheville_core::redundancy::PAYLOAD_PHASE,
-            if is_rs { m * idle } else { 0 },
+            if is_rs && !stream_parity { m * idle } else { 0 },
         );
         Ok(Repository {
             inner: Arc::new(Inner {
                 pack_bufs,
                 parity_bufs,
+                stream_parity,
                 windows: Default::default(),
                 config,
                 backends,
@@ -805,9 +812,42 @@ async fn sealed(sealing: tokio::sync::oneshot::Receiver<Result<SealedPack>>) -> 
 
 /// A pack sealed, with its trailer, and erasure-coded.
 struct SealedPack {
+    /// Every shard, or only the data shards if parity is streamed.
     enc: asheville_core::redundancy::EncodedPack,
+    /// The parity shards to make as they are written (streamed parity).
+    parity: Vec<asheville_core::ParityShard>,
     entries: Vec<TrailerEntry>,
     data_len: u64,
+}
+
+/// A parity shard made as it is written ([`Backend::put_unsynced_made`]),
+/// from the data shards of its pack's buffer.
+///
+/// [`Backend::put_unsynced_made`]: crate::backend::Backend::put_unsynced_made
+struct ParityObject {
+    shard: asheville_core::ParityShard,
+    /// The pack buffer, and where each data shard's payload lies in it.
+    data: Bytes,
+    ranges: Vec<std::ops::Range<usize>>,
+}
+
+impl crate::backend::MadeObject for ParityObject {
+    fn head_len(&self) -> usize {
+        SHARD_HEADER_LEN
+    }
+
+    fn body_len(&self) -> usize {
+        self.shard.payload_len()
+    }
+
+    fn make(&mut self, out: &mut [u8]) -> Result<()> {
+        let shards: Vec<&[u8]> = self.ranges.iter().map(|r| &self.data[r.clone()]).collect();
+        Ok(self.shard.make(&shards, out)?)
+    }
+
+    fn head(&mut self) -> Result<Vec<u8>> {
+        Ok(self.shard.header()?.to_vec())
+    }
 }
 
 /// A handful with at least this many chunks shorter than the chunker's
@@ -1378,11 +1418,20 @@ fn seal_pack(
         asheville_core::Redundancy::ReedSolomon { parity, .. } => usize::from(parity),
         _ => 0,
     };
+    if inner.stream_parity {
+        return Ok(SealedPack {
+            enc: inner.codec.encode_data_in_phase(data, lead)?,
+            parity: inner.codec.parity_shards(data_len),
+            entries,
+            data_len,
+        });
+    }
     let spare = (0..parity_count)
         .map(|_| inner.parity_bufs.take(0))
         .collect();
     Ok(SealedPack {
         enc: inner.codec.encode_pack_in_phase(data, lead, spare)?,
+        parity: Vec::new(),
         entries,
         data_len,
     })
@@ -1428,47 +1477,65 @@ async fn upload_pack(t: &Tenant, id: PackId, pack: SealedPack) -> Result<StoredP
     let inner = &t.repo.inner;
     let SealedPack {
         enc,
+        parity: to_make,
         entries,
         data_len,
     } = pack;
     let tenant = t.name.as_str();
-    let n = enc.shard_count();
+    let n = inner.config.redundancy.total_shards();
+    // Shards in `enc`: all of them, or the data shards when parity is
+    // made as it is written (the rest, `to_make`).
+    let made = enc.shard_count();
     let targets = inner.placement.place(id.as_bytes(), n)?;
-    let headers: Vec<Bytes> = (0..n)
+    let headers: Vec<Bytes> = (0..made)
         .map(|i| Bytes::copy_from_slice(enc.header(i)))
         .collect();
     let enc_object_len = enc.shard_object_len();
     let shard_len = enc_object_len - SHARD_HEADER_LEN;
     let k = inner.config.redundancy.data_shards();
-    let ranges: Vec<_> = (0..n).map(|i| enc.payload_range(i)).collect();
+    let ranges: Vec<_> = (0..made).map(|i| enc.payload_range(i)).collect();
     let (data, parity) = enc.into_buffers();
     let data = Bytes::from(data);
     let parity: Vec<Bytes> = parity.into_iter().map(Bytes::from).collect();
-    let payloads: Vec<Bytes> = ranges
-        .into_iter()
-        .enumerate()
-        .map(|(i, r)| {
-            debug_assert_eq!(r.len(), shard_len);
-            if i < k || parity.is_empty() {
-                data.slice(r)
-            } else {
-                parity[i - k].slice(r)
-            }
-        })
-        .collect();
-    // Handles to take the buffers back into their pools once uploaded.
-    let (uploaded_data, uploaded_parity) = (data, parity);
-    futures::future::try_join_all(targets.iter().zip(headers).zip(payloads).enumerate().map(
-        |(i, ((&b, h), p))| {
-            let key = shard_key(&id, i);
-            let backend = inner.backends[b].clone();
-            async move { backend.put_unsynced(&key, vec![h, p]).await }
-        },
-    ))
-    .await?;
+    let data_ranges: Vec<_> = ranges.iter().take(k).cloned().collect();
+    let mut payloads = ranges.into_iter().enumerate().map(|(i, r)| {
+        debug_assert_eq!(r.len(), shard_len);
+        if i < k || parity.is_empty() {
+            data.slice(r)
+        } else {
+            parity[i - k].slice(r)
+        }
+    });
+    let mut to_make = to_make.into_iter();
+    let mut puts: Vec<futures::future::BoxFuture<'_, Result<()>>> = Vec::with_capacity(n);
+    for (i, &b) in targets.iter().enumerate() {
+        let key = shard_key(&id, i);
+        let backend = inner.backends[b].clone();
+        if i < made {
+            let (h, p) = (headers[i].clone(), payloads.next());
+            let p = p.ok_or_else(|| Error::new(ErrorKind::Other, "a shard has no payload"))?;
+            puts.push(Box::pin(async move {
+                backend.put_unsynced(&key, vec![h, p]).await
+            }));
+        } else {
+            let shard = to_make
+                .next()
+                .ok_or_else(|| Error::new(ErrorKind::Other, "a parity shard is missing"))?;
+            let obj = ParityObject {
+                shard,
+                data: data.clone(),
+                ranges: data_ranges.clone(),
+            };
+            puts.push(Box::pin(async move {
+                backend.put_unsynced_made(&key, Box::new(obj)).await
+            }));
+        }
+    }
+    drop(payloads);
+    futures::future::try_join_all(puts).await?;
     // Unique again once every upload has let go of its slice.
-    inner.pack_bufs.give_bytes(uploaded_data);
-    for b in uploaded_parity {
+    inner.pack_bufs.give_bytes(data);
+    for b in parity {
         inner.parity_bufs.give_bytes(b);
     }
     let record = PackRecord {

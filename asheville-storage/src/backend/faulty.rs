@@ -140,6 +140,17 @@ impl Backend for FaultyBackend {
         Ok(())
     }
 
+    fn makes_while_writing(&self) -> bool {
+        self.inner.makes_while_writing()
+    }
+
+    async fn put_unsynced_made(&self, key: &str, made: Box<dyn super::MadeObject>) -> Result<()> {
+        self.write_fault()?;
+        self.inner.put_unsynced_made(key, made).await?;
+        self.unsynced.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     async fn prepare(&self, prefixes: &[String]) -> Result<()> {
         self.inner.prepare(prefixes).await
     }

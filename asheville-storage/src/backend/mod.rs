@@ -45,6 +45,29 @@ pub struct ListPage {
     pub next: Option<String>,
 }
 
+/// An object made as it is written ([`Backend::put_unsynced_made`]): a
+/// head of a few bytes that depend on the rest, then a body made in order.
+/// The write path streams parity shards this way (their checksum is in
+/// their header).
+pub trait MadeObject: Send {
+    /// Bytes of the head.
+    fn head_len(&self) -> usize;
+    /// Bytes of the body.
+    fn body_len(&self) -> usize;
+    /// Makes the next `out.len()` bytes of the body.
+    fn make(&mut self, out: &mut [u8]) -> Result<()>;
+    /// The head ([`MadeObject::head_len`] bytes), once the body is made.
+    fn head(&mut self) -> Result<Vec<u8>>;
+}
+
+/// `made` as parts in memory: head, then body.
+pub(crate) fn made_whole(mut made: Box<dyn MadeObject>) -> Result<Vec<Bytes>> {
+    let mut body = vec![0u8; made.body_len()];
+    made.make(&mut body)?;
+    let head = made.head()?;
+    Ok(vec![Bytes::from(head), Bytes::from(body)])
+}
+
 /// An object store holding shards. Keys are `/`-separated, ASCII, without
 /// leading `/`. Every implementation passes [`crate::conformance`].
 #[async_trait::async_trait]
@@ -66,6 +89,29 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// return (the default) just put.
     async fn put_unsynced(&self, key: &str, parts: Vec<Bytes>) -> Result<()> {
         self.put(key, parts).await
+    }
+
+    /// Whether [`Backend::put_unsynced_made`] makes an object as it writes
+    /// it, holding only small buffers (a local directory written around
+    /// the page cache). The default, `false`, makes it whole in memory
+    /// first, so a caller that has the bytes in reusable buffers does
+    /// better with [`Backend::put_unsynced`].
+    fn makes_while_writing(&self) -> bool {
+        false
+    }
+
+    /// Stores the object `made` makes at `key`, like
+    /// [`Backend::put_unsynced`]: its body first, in order, then its head
+    /// (bytes that depend on the body, such as a checksum). The default
+    /// makes it whole in memory, on the blocking pool, and puts it.
+    async fn put_unsynced_made(&self, key: &str, made: Box<dyn MadeObject>) -> Result<()> {
+        let parts = tokio::task::spawn_blocking(move || made_whole(made))
+            .await
+            .map_err(|e| {
+                crate::error::Error::new(crate::error::ErrorKind::Other, "making an object failed")
+                    .set_source(e)
+            })??;
+        self.put_unsynced(key, parts).await
     }
 
     /// Makes the objects at `keys`, stored with [`Backend::put_unsynced`],

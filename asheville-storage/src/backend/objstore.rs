@@ -377,6 +377,31 @@ impl Backend for ObjectStoreBackend {
         self.write(key, parts, false).await
     }
 
+    fn makes_while_writing(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        return self.local.is_some() && self.direct.is_some();
+        #[cfg(not(target_os = "linux"))]
+        return false;
+    }
+
+    async fn put_unsynced_made(&self, key: &str, made: Box<dyn super::MadeObject>) -> Result<()> {
+        #[cfg(target_os = "linux")]
+        if let (Some(fs), Some(writer)) = (&self.local, &self.direct) {
+            let dest = fs
+                .path_to_filesystem(&self.path(key)?)
+                .map_err(|e| self.map_err(key, e))?;
+            return writer.clone().put_made(dest, made).await.map_err(|e| {
+                Error::io("cannot write object", e)
+                    .with_context("backend", &self.name)
+                    .with_context("key", key)
+            });
+        }
+        let parts = tokio::task::spawn_blocking(move || super::made_whole(made))
+            .await
+            .map_err(|e| Error::new(ErrorKind::Other, "making an object failed").set_source(e))??;
+        self.write(key, parts, false).await
+    }
+
     async fn sync(&self, keys: &[String]) -> Result<()> {
         #[cfg(target_os = "linux")]
         if let (Some(fs), Some(_)) = (&self.local, &self.direct) {
