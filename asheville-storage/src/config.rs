@@ -48,8 +48,9 @@ pub struct RepoConfig {
     /// Target pack size in bytes (default 16 MiB).
     #[serde(default = "pack_size")]
     pub pack_size: usize,
-    /// Packs being encoded and uploaded at once (default 2; bounds memory: about
-    /// `packs_in_flight × pack_size × overhead`).
+    /// Packs being filled, encoded and uploaded at once (default 3; bounds
+    /// memory: about `packs_in_flight × pack_size`, times the redundancy's
+    /// overhead where parity is not made as it is written).
     #[serde(default = "in_flight")]
     pub packs_in_flight: usize,
     /// Read cache size in bytes (decoded packs and chunks).
@@ -67,15 +68,16 @@ fn compression() -> Compression {
 fn pack_size() -> usize {
     16 << 20
 }
-/// Two keep both cores busy on a 2-core machine, as three did, with
-/// ~28 MiB less peak RSS: puts of the peers set (CLI, `rs(2,1)`, 4
-/// alternating rounds) took 2.80–3.44 s at 99–103 MiB with two and
-/// 2.97–3.61 s at 125–132 MiB with three on a disk, 1.76–1.92 s and
-/// 1.78–2.07 s on tmpfs (where the CPU is the limit); the repo bench
-/// (`rs(4,2)`) put at 370 and 349 MB/s with two, 357 and 175 with three.
-/// Four raised peak RSS by ~20 MiB more at no gain (issue 9's note).
+/// Three: with the parity of `rs(k,m)` made as it is written (local
+/// backends), a pack in flight holds only its data buffer, and a third
+/// one lets the next pack fill while two upload. Puts of the peers set
+/// (CLI, `rs(2,1)`, 6 alternating rounds): median 2.76 s at 88-95 MiB
+/// peak RSS with two, 2.58 s at 105-107 MiB with three; the repo bench
+/// set (`rs(4,2)`): 2.60 and 2.50 s. (With parity buffers, two took
+/// 112-116 MiB and three 134-138.) Over backends that need parity buffers
+/// each pack in flight costs `pack_size / k × m` more.
 fn in_flight() -> usize {
-    2
+    3
 }
 fn cache_bytes() -> usize {
     64 << 20
