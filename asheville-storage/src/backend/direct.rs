@@ -125,8 +125,18 @@ impl DirectIo {
         parts: Vec<Bytes>,
         sync: bool,
     ) -> io::Result<()> {
-        // The turn moves into the task: a put given up half-way still
-        // holds it until its thread is done with the buffer.
+        self.in_turn(move |w| w.put_blocking(&dest, &parts, sync))
+            .await
+    }
+
+    /// Runs `write` on tokio's blocking pool once a turn is free (none is
+    /// taken once this filesystem refused `O_DIRECT`). The turn moves into
+    /// the task: a put given up half-way still holds it until its thread
+    /// is done with the buffer.
+    async fn in_turn(
+        self: Arc<Self>,
+        write: impl FnOnce(&DirectIo) -> io::Result<()> + Send + 'static,
+    ) -> io::Result<()> {
         let turn = if self.refused.load(Ordering::Relaxed) {
             None
         } else {
@@ -134,7 +144,7 @@ impl DirectIo {
         };
         tokio::task::spawn_blocking(move || {
             let _turn = turn;
-            self.put_blocking(&dest, &parts, sync)
+            write(&self)
         })
         .await
         .map_err(io::Error::other)?
@@ -150,17 +160,8 @@ impl DirectIo {
         dest: PathBuf,
         made: Box<dyn super::MadeObject>,
     ) -> io::Result<()> {
-        let turn = if self.refused.load(Ordering::Relaxed) {
-            None
-        } else {
-            Some(TURN.acquire().await.map_err(io::Error::other)?)
-        };
-        tokio::task::spawn_blocking(move || {
-            let _turn = turn;
-            self.put_made_blocking(&dest, made)
-        })
-        .await
-        .map_err(io::Error::other)?
+        self.in_turn(move |w| w.put_made_blocking(&dest, made))
+            .await
     }
 
     fn put_made_blocking(
