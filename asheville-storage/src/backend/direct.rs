@@ -789,7 +789,6 @@ mod tests {
     fn made_objects_read_back_whole_and_a_failed_one_leaves_nothing() {
         use crate::conformance::Pattern;
         let dir = tempfile::tempdir().expect("temp dir");
-        let w = DirectIo::default();
         let bodies = [
             0,
             1,
@@ -800,16 +799,24 @@ mod tests {
             BOUNCE + ALIGN - 56,
             2 * BOUNCE + 5000,
         ];
-        for (i, body) in bodies.into_iter().enumerate() {
-            let dest = dir.path().join(format!("m/{i}"));
-            w.put_made_blocking(&dest, Box::new(Pattern::new(56, body)))
-                .expect("put made");
-            assert_eq!(
-                std::fs::read(&dest).expect("read"),
-                Pattern::new(56, body).expected(),
-                "body of {body} bytes"
-            );
+        // Around the page cache, and buffered (as where O_DIRECT was
+        // refused).
+        for refused in [false, true] {
+            let w = DirectIo {
+                refused: AtomicBool::new(refused),
+            };
+            for (i, body) in bodies.into_iter().enumerate() {
+                let dest = dir.path().join(format!("m/{refused}-{i}"));
+                w.put_made_blocking(&dest, Box::new(Pattern::new(56, body)))
+                    .expect("put made");
+                assert_eq!(
+                    std::fs::read(&dest).expect("read"),
+                    Pattern::new(56, body).expected(),
+                    "body of {body} bytes (refused: {refused})"
+                );
+            }
         }
+        let w = DirectIo::default();
         // A maker that fails half-way: an error, and neither the object
         // nor its staged file is left.
         let mut failing = Pattern::new(56, 3 * BOUNCE);
