@@ -552,14 +552,19 @@ impl ParityShard {
         if out.is_empty() {
             return Ok(()); // (the SIMD multiply reads its first byte)
         }
-        for (i, (&c, d)) in self.row.iter().zip(data_shards).enumerate() {
-            if i == 0 {
-                reed_solomon_erasure::galois_8::mul_slice(c, &d[a..b], out);
-            } else {
-                reed_solomon_erasure::galois_8::mul_slice_xor(c, &d[a..b], out);
+        // A stripe at a time, so that the output stays in cache through
+        // its `k` passes and the checksum reads it from there.
+        for (at, piece) in (a..b).step_by(STRIPE).zip(out.chunks_mut(STRIPE)) {
+            let end = at + piece.len();
+            for (i, (&c, d)) in self.row.iter().zip(data_shards).enumerate() {
+                if i == 0 {
+                    reed_solomon_erasure::galois_8::mul_slice(c, &d[at..end], piece);
+                } else {
+                    reed_solomon_erasure::galois_8::mul_slice_xor(c, &d[at..end], piece);
+                }
             }
+            self.hasher.update(piece);
         }
-        self.hasher.update(out);
         self.made = b;
         Ok(())
     }
