@@ -684,7 +684,7 @@ impl Codec {
     /// out so its payloads line up with the shard files' blocks (`O_DIRECT`
     /// writes straight from memory) gets parity that lines up too; when the
     /// data's length is a multiple of `k × 512`, so does every data shard.
-    /// Panics if `lead > data.len()`.
+    /// `InvalidInput` if `lead > data.len()`.
     pub fn encode_pack_in_phase(
         &self,
         data: Vec<u8>,
@@ -742,7 +742,15 @@ impl Codec {
             n_all
         };
         let k = self.policy.data_shards();
-        let data_len = (data.len() - lead) as u64;
+        let Some(data_len) = data.len().checked_sub(lead) else {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "the data starts past the buffer's end",
+            )
+            .with_context("lead", lead)
+            .with_context("len", data.len()));
+        };
+        let data_len = data_len as u64;
         let s = self.shard_len(data_len);
         // Arithmetic on the address; no pointer is dereferenced.
         let phase = (data.as_ptr() as usize).wrapping_add(lead) % PAYLOAD_PHASE;
@@ -1140,6 +1148,9 @@ mod tests {
         // No parity to make without Reed-Solomon.
         let none = Codec::new("replicas(2)".parse().unwrap()).unwrap();
         assert!(none.parity_shards(1000).is_empty());
+        // A lead past the buffer is an error, not a panic.
+        let err = none.encode_data_in_phase(vec![0; 10], 11).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
     }
 
     #[test]
