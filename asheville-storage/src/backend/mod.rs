@@ -60,12 +60,20 @@ pub trait MadeObject: Send {
     fn head(&mut self) -> Result<Vec<u8>>;
 }
 
-/// `made` as parts in memory: head, then body.
-pub(crate) fn made_whole(mut made: Box<dyn MadeObject>) -> Result<Vec<Bytes>> {
-    let mut body = vec![0u8; made.body_len()];
-    made.make(&mut body)?;
-    let head = made.head()?;
-    Ok(vec![Bytes::from(head), Bytes::from(body)])
+/// `made` as parts in memory, head then body, made on the blocking pool:
+/// what a backend that does not make objects while writing them puts.
+pub(crate) async fn made_whole(mut made: Box<dyn MadeObject>) -> Result<Vec<Bytes>> {
+    tokio::task::spawn_blocking(move || {
+        let mut body = vec![0u8; made.body_len()];
+        made.make(&mut body)?;
+        let head = made.head()?;
+        Ok(vec![Bytes::from(head), Bytes::from(body)])
+    })
+    .await
+    .map_err(|e| {
+        crate::error::Error::new(crate::error::ErrorKind::Other, "making an object failed")
+            .set_source(e)
+    })?
 }
 
 /// An object store holding shards. Keys are `/`-separated, ASCII, without
@@ -105,13 +113,7 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// (bytes that depend on the body, such as a checksum). The default
     /// makes it whole in memory, on the blocking pool, and puts it.
     async fn put_unsynced_made(&self, key: &str, made: Box<dyn MadeObject>) -> Result<()> {
-        let parts = tokio::task::spawn_blocking(move || made_whole(made))
-            .await
-            .map_err(|e| {
-                crate::error::Error::new(crate::error::ErrorKind::Other, "making an object failed")
-                    .set_source(e)
-            })??;
-        self.put_unsynced(key, parts).await
+        self.put_unsynced(key, made_whole(made).await?).await
     }
 
     /// Makes the objects at `keys`, stored with [`Backend::put_unsynced`],

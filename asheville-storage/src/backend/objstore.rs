@@ -396,10 +396,7 @@ impl Backend for ObjectStoreBackend {
                     .with_context("key", key)
             });
         }
-        let parts = tokio::task::spawn_blocking(move || super::made_whole(made))
-            .await
-            .map_err(|e| Error::new(ErrorKind::Other, "making an object failed").set_source(e))??;
-        self.write(key, parts, false).await
+        self.write(key, super::made_whole(made).await?, false).await
     }
 
     async fn sync(&self, keys: &[String]) -> Result<()> {
