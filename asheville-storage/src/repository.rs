@@ -2327,16 +2327,14 @@ impl Tenant {
         let parts = inner
             .codec
             .locate(pack.data_len, loc.offset..loc.offset + u64::from(loc.len))?;
-        let mut read = Vec::with_capacity(parts.len());
-        for part in parts {
+        // A blob across two data shards is read from both at once.
+        let mut read = futures::future::try_join_all(parts.into_iter().map(|part| async move {
             let b = self.backend_of(pack, part.shard)?;
             let lo = (SHARD_HEADER_LEN + part.range.start) as u64;
             let hi = (SHARD_HEADER_LEN + part.range.end) as u64;
-            read.push(
-                b.get_range(&shard_key(&pack.id, part.shard), lo..hi)
-                    .await?,
-            );
-        }
+            b.get_range(&shard_key(&pack.id, part.shard), lo..hi).await
+        }))
+        .await?;
         Ok(match read.len() {
             1 => read.swap_remove(0),
             _ => read.concat().into(),

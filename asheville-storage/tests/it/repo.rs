@@ -489,6 +489,38 @@ async fn every_shard_is_synced_before_its_pack_is_recorded() {
     assert_eq!(get(&t, "g").await, data);
 }
 
+/// With every backend healthy, a chunk costs one ranged read per data
+/// shard it lies in (two where it crosses a shard boundary, read at once),
+/// never a decode of its whole pack: the read count is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_across_two_data_shards_are_read_straight_from_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, faulty, t) = faulty_repo(dir.path()).await;
+    let data = random(3_000_000, 12);
+    t.put("big", &data[..], FileMeta::default()).await.unwrap();
+    let codec = asheville_core::Codec::new("rs(4,2)".parse().unwrap()).unwrap();
+    let fv = t.stat("big").unwrap();
+    let mut parts = 0;
+    let mut across = 0;
+    for c in &fv.chunks {
+        let loc = repo.catalog().blob("acme", &c.id).unwrap().unwrap();
+        let pack = repo.catalog().pack(&loc.pack).unwrap().unwrap();
+        let n = codec
+            .locate(pack.data_len, loc.offset..loc.offset + u64::from(loc.len))
+            .unwrap()
+            .len();
+        parts += n as u64;
+        across += u64::from(n == 2);
+    }
+    assert!(
+        across > 0,
+        "no chunk crosses a shard boundary: the test proves nothing"
+    );
+    let before = total_reads(&faulty);
+    assert_eq!(get(&t, "big").await, data);
+    assert_eq!(total_reads(&faulty) - before, parts);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_serves_repeated_reads() {
     let dir = tempfile::tempdir().unwrap();
