@@ -388,10 +388,16 @@ fn disk_probe(dir: &Path) -> Option<(f64, f64)> {
 /// [`RUN_ENV`] set), as the CLI runs: its peak RSS is its own, not
 /// raised by what the runs before left in this process's heap.
 fn run_child(policy: &str) -> Result<(Row, PathBuf), Box<dyn std::error::Error>> {
-    let out = std::process::Command::new(std::env::current_exe()?)
-        .env(RUN_ENV, policy)
-        .stderr(std::process::Stdio::inherit())
-        .output()?;
+    let mut child = std::process::Command::new(std::env::current_exe()?);
+    child.env(RUN_ENV, policy);
+    // Huge pages for malloc, as the CLI asks for them.
+    if let Some(t) = asheville_server::huge_page_tunables(
+        std::env::var_os("GLIBC_TUNABLES").as_deref(),
+        &asheville_server::thp_mode(),
+    ) {
+        child.env("GLIBC_TUNABLES", t);
+    }
+    let out = child.stderr(std::process::Stdio::inherit()).output()?;
     if !out.status.success() {
         return Err(format!("the run of {policy} failed: {}", out.status).into());
     }
