@@ -391,10 +391,7 @@ fn run_child(policy: &str) -> Result<(Row, PathBuf), Box<dyn std::error::Error>>
     let mut child = std::process::Command::new(std::env::current_exe()?);
     child.env(RUN_ENV, policy);
     // Huge pages for malloc, as the CLI asks for them.
-    if let Some(t) = asheville_server::huge_page_tunables(
-        std::env::var_os("GLIBC_TUNABLES").as_deref(),
-        &asheville_server::thp_mode(),
-    ) {
+    if let Some(t) = asheville_server::huge_page_env() {
         child.env("GLIBC_TUNABLES", t);
     }
     let out = child.stderr(std::process::Stdio::inherit()).output()?;

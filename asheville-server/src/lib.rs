@@ -7,8 +7,20 @@ pub mod http;
 /// The kernel's transparent huge page mode: the contents of
 /// `/sys/kernel/mm/transparent_hugepage/enabled` (empty where there is no
 /// such file).
-pub fn thp_mode() -> String {
+fn thp_mode() -> String {
     std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default()
+}
+
+/// The `GLIBC_TUNABLES` this process's environment and kernel call for:
+/// [`huge_page_tunables`] of `$GLIBC_TUNABLES` and the kernel's THP mode,
+/// or `None` when `ASHEVILLE_NO_HUGE_PAGES` is set or nothing is to change.
+/// The `asheville` CLI runs itself again with them; the repo bench gives
+/// them to its runs.
+pub fn huge_page_env() -> Option<std::ffi::OsString> {
+    if std::env::var_os("ASHEVILLE_NO_HUGE_PAGES").is_some() {
+        return None;
+    }
+    huge_page_tunables(std::env::var_os("GLIBC_TUNABLES").as_deref(), &thp_mode())
 }
 
 /// The `GLIBC_TUNABLES` a process should run with so that glibc's

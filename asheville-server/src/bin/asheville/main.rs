@@ -1018,9 +1018,9 @@ fn tune_malloc(work: MallocFor) {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn tune_malloc(_work: MallocFor) {}
 
-/// Runs this program again, at once, with
-/// [`asheville_server::huge_page_tunables`], unless
-/// it already has them (or `ASHEVILLE_NO_HUGE_PAGES` is set). glibc reads
+/// Runs this program again, at once, with the `GLIBC_TUNABLES` of
+/// [`asheville_server::huge_page_env`] (huge pages for malloc), unless it
+/// already has them or `ASHEVILLE_NO_HUGE_PAGES` is set. glibc reads
 /// its tunables only when a process starts, and no `mallopt` asks for huge
 /// pages. On this project's VM each first touch of a 4 KiB page is dear
 /// (the host hands idle memory back), and a put or restore touches
@@ -1033,13 +1033,7 @@ fn tune_malloc(_work: MallocFor) {}
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn reexec_with_huge_pages() {
     use std::os::unix::process::CommandExt;
-    if std::env::var_os("ASHEVILLE_NO_HUGE_PAGES").is_some() {
-        return;
-    }
-    let Some(tunables) = asheville_server::huge_page_tunables(
-        std::env::var_os("GLIBC_TUNABLES").as_deref(),
-        &asheville_server::thp_mode(),
-    ) else {
+    let Some(tunables) = asheville_server::huge_page_env() else {
         return;
     };
     let Ok(exe) = std::env::current_exe() else {
