@@ -864,7 +864,6 @@ async fn export_then_import_into_another_repository() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_finds_refcount_errors_and_dangling_references() {
     use redb::{ReadableTable, TableDefinition};
-    const REFS: TableDefinition<&[u8], u64> = TableDefinition::new("refs");
     const BLOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blobs");
     let dir = tempfile::tempdir().unwrap();
     let cat = dir.path().join("c.redb");
@@ -883,13 +882,17 @@ async fn check_finds_refcount_errors_and_dangling_references() {
         let db = redb::Database::open(&cat).unwrap();
         let w = db.begin_write().unwrap();
         {
-            let mut refs = w.open_table(REFS).unwrap();
-            let (k, v) = {
-                let first = refs.iter().unwrap().next().unwrap().unwrap();
-                (first.0.value().to_vec(), first.1.value())
-            };
-            refs.insert(k.as_slice(), v + 5).unwrap();
             let mut blobs = w.open_table(BLOBS).unwrap();
+            // A blob's row ends with its reference count, one byte (a
+            // postcard varint) while it is below 128.
+            let (k, mut v) = {
+                let first = blobs.iter().unwrap().next().unwrap().unwrap();
+                (first.0.value().to_vec(), first.1.value().to_vec())
+            };
+            let refs = v.last_mut().unwrap();
+            assert!((1..100).contains(refs), "a count of {refs}");
+            *refs += 5;
+            blobs.insert(k.as_slice(), v.as_slice()).unwrap();
             let last = blobs
                 .iter()
                 .unwrap()
@@ -899,6 +902,7 @@ async fn check_finds_refcount_errors_and_dangling_references() {
                 .0
                 .value()
                 .to_vec();
+            assert_ne!(last, k);
             blobs.remove(last.as_slice()).unwrap();
         }
         w.commit().unwrap();
