@@ -1042,7 +1042,22 @@ impl<'a> PackWriter<'a> {
     /// (the shards written are orphans for `check` and `gc`).
     ///
     /// [`Backend::sync`]: crate::backend::Backend::sync
-    async fn finish(mut self) -> Result<u64> {
+    async fn finish(self) -> Result<u64> {
+        let moving = self.moving;
+        let catalog = self.t.repo.inner.catalog.clone();
+        let (bytes, packs) = self.finish_unrecorded().await?;
+        if !packs.is_empty() {
+            tokio::task::spawn_blocking(move || catalog.commit_packs(&packs, moving))
+                .await
+                .map_err(join_err)??;
+        }
+        Ok(bytes)
+    }
+
+    /// [`PackWriter::finish`] up to recording the packs: returns the
+    /// shard bytes written and the packs with their blobs, for the caller
+    /// to record (with what refers to them).
+    async fn finish_unrecorded(mut self) -> Result<(u64, Vec<RecordedPack>)> {
         let r = match self.flush(0).await {
             Ok(()) => self.flush(1).await,
             Err(e) => Err(e),
@@ -1074,19 +1089,12 @@ impl<'a> PackWriter<'a> {
         )
         .await?;
         let bytes = self.stored.iter().map(|p| p.bytes).sum();
-        let packs: Vec<_> = self
+        let packs = self
             .stored
             .into_iter()
             .map(|p| (p.record, p.blobs))
             .collect();
-        if !packs.is_empty() {
-            let catalog = inner.catalog.clone();
-            let moving = self.moving;
-            tokio::task::spawn_blocking(move || catalog.commit_packs(&packs, moving))
-                .await
-                .map_err(join_err)??;
-        }
-        Ok(bytes)
+        Ok((bytes, packs))
     }
 }
 
@@ -1322,18 +1330,26 @@ impl Batch<'_> {
         self.bytes
     }
 
-    /// Flushes the open pack, waits for every upload, then commits all the
-    /// batch's versions at once.
+    /// Flushes the open pack, waits for every upload and makes the shards
+    /// durable, writes the journal record, then commits the batch's packs
+    /// and all its versions at once (one catalog transaction: a crash
+    /// leaves all of the batch or none of it in the catalog).
     pub async fn commit(self) -> Result<Vec<FileVersion>> {
-        let finished = self.writer.finish().await;
+        let finished = self.writer.finish_unrecorded().await;
         if self.failed {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
                 "this batch failed earlier; nothing was committed",
             ));
         }
-        let stored = finished?;
+        let (stored, packs) = finished?;
         if self.files.is_empty() {
+            if !packs.is_empty() {
+                let catalog = self.t.repo.inner.catalog.clone();
+                tokio::task::spawn_blocking(move || catalog.commit_packs(&packs, false))
+                    .await
+                    .map_err(join_err)??;
+            }
             return Ok(Vec::new());
         }
         let ops = self
@@ -1361,11 +1377,12 @@ impl Batch<'_> {
             // Sizes of the versions these replace (for the logical-bytes gauge).
             let mut replaced = 0;
             if metered {
-                for f in &files {
-                    replaced += catalog.latest(&tenant, &f.path)?.map_or(0, |v| v.size);
+                let paths: Vec<RepoPath> = files.iter().map(|f| f.path.clone()).collect();
+                for v in catalog.latest_many(&tenant, &paths)?.into_iter().flatten() {
+                    replaced += v.size;
                 }
             }
-            Ok::<_, Error>((catalog.commit_versions(&tenant, files)?, replaced))
+            Ok::<_, Error>((catalog.commit_batch(&tenant, &packs, files)?, replaced))
         })
         .await
         .map_err(join_err)??;
@@ -1459,6 +1476,9 @@ fn payload_lead(ptr: *const u8) -> usize {
 }
 
 /// A pack whose shards are written but not yet synced nor recorded.
+/// A pack and its blobs, as the catalog records them.
+type RecordedPack = (PackRecord, Vec<(ChunkId, BlobLoc)>);
+
 struct StoredPack {
     record: PackRecord,
     blobs: Vec<(ChunkId, BlobLoc)>,

@@ -10,6 +10,10 @@
 //!    a committed blob, then records the versions and their references in
 //!    one transaction.
 //!
+//! A put's batch does 2 and 3 in one transaction
+//! ([`Catalog::commit_batch`], after its journal record): one commit (and
+//! sync) fewer per batch, on the path each next batch waits for.
+//!
 //! A crash between steps leaves unreferenced blobs or unlisted shards
 //! (garbage for `gc`), never a version that points at missing data.
 
@@ -235,6 +239,22 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
                 self.commit_pack(pack, blobs)
             }
         })
+    }
+    /// Records `packs` and their blobs as [`Catalog::commit_packs`] does
+    /// (not moving) and then commits `files` as
+    /// [`Catalog::commit_versions`] does, for `tenant`: in one transaction
+    /// where the catalog can (all or none). The default commits the packs
+    /// first, then the versions.
+    fn commit_batch(
+        &self,
+        tenant: &str,
+        packs: &[(PackRecord, Vec<(ChunkId, BlobLoc)>)],
+        files: Vec<NewVersion>,
+    ) -> Result<Vec<FileVersion>> {
+        if !packs.is_empty() {
+            self.commit_packs(packs, false)?;
+        }
+        self.commit_versions(tenant, files)
     }
     /// Every blob of a tenant with its location and reference count.
     fn tenant_blobs(&self, tenant: &str) -> Result<Vec<(ChunkId, BlobLoc, u64)>>;

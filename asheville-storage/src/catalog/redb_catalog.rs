@@ -486,90 +486,25 @@ impl Catalog for RedbCatalog {
     }
 
     fn commit_versions(&self, tenant: &str, files: Vec<NewVersion>) -> Result<Vec<FileVersion>> {
-        if let Some(f) = files.iter().find(|f| f.path.is_root()) {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                "a file needs a name (the path is the root)",
-            )
-            .with_context("path", &f.path));
-        }
         let w = self.db()?.begin_write()?;
-        let mut out = Vec::with_capacity(files.len());
-        {
-            let mut blobs = w.open_table(BLOBS)?;
-            let mut heads = w.open_table(FILES)?;
-            let mut versions = w.open_table(VERSIONS)?;
-            // The chunks' references, counted first and then checked and
-            // added in key order: chunk ids are random, so adding them file
-            // by file would touch a different page of each table every time.
-            let mut added: std::collections::BTreeMap<&[u8; 32], (u64, &RepoPath)> =
-                std::collections::BTreeMap::new();
-            for f in &files {
-                for c in &f.chunks {
-                    added.entry(c.id.as_bytes()).or_insert((0, &f.path)).0 += 1;
-                }
-            }
-            let mut k = blob_key(tenant, &ChunkId::from_bytes([0; 32]));
-            let id_at = k.len() - 32;
-            for (id, (count, path)) in added {
-                k[id_at..].copy_from_slice(id);
-                let mut blob: StoredBlob = match blobs.get(k.as_slice())? {
-                    Some(v) => dec(v.value())?,
-                    None => {
-                        return Err(Error::new(
-                            ErrorKind::Integrity,
-                            "a chunk of the file is not committed",
-                        )
-                        .with_context("path", path)
-                        .with_context("chunk", ChunkId::from_bytes(*id)));
-                    }
-                };
-                blob.refs += count;
-                blobs.insert(k.as_slice(), enc(&blob)?.as_slice())?;
-            }
-            for f in files {
-                let fk = file_key(tenant, &f.path);
-                let prev: Option<FileHead> = heads
-                    .get(fk.as_str())?
-                    .map(|v| dec(v.value()))
-                    .transpose()?;
-                let next = prev.map(|h| h.latest + 1).unwrap_or(1);
-                let version = match f.version {
-                    0 => next,
-                    v if v >= next => v,
-                    v => {
-                        return Err(Error::new(
-                            ErrorKind::InvalidInput,
-                            "version numbers only grow",
-                        )
-                        .with_context("path", &f.path)
-                        .with_context("version", v)
-                        .with_context("next", next));
-                    }
-                };
-                let fv = FileVersion {
-                    path: f.path.as_str().to_owned(),
-                    version,
-                    size: f.size,
-                    meta: f.meta,
-                    created_ns: f.created_ns,
-                    chunks: f.chunks,
-                };
-                heads.insert(
-                    fk.as_str(),
-                    enc(&FileHead {
-                        latest: version,
-                        deleted: false,
-                    })?
-                    .as_slice(),
-                )?;
-                versions.insert(
-                    version_key(tenant, &f.path, version).as_slice(),
-                    enc_version(fv.size, &fv.meta, fv.created_ns, &fv.chunks)?.as_slice(),
-                )?;
-                out.push(fv);
-            }
+        let out = record_versions(&w, tenant, files, &[])?;
+        w.commit()?;
+        Ok(out)
+    }
+
+    fn commit_batch(
+        &self,
+        tenant: &str,
+        packs: &[(PackRecord, Vec<(ChunkId, BlobLoc)>)],
+        files: Vec<NewVersion>,
+    ) -> Result<Vec<FileVersion>> {
+        let w = self.db()?.begin_write()?;
+        // Packs of another tenant (not a put's) are recorded on their own.
+        let (own, other): (Vec<_>, Vec<_>) = packs.iter().partition(|(p, _)| p.tenant == tenant);
+        for (pack, blobs) in other {
+            record_pack(&w, pack, blobs, false)?;
         }
+        let out = record_versions(&w, tenant, files, &own)?;
         w.commit()?;
         Ok(out)
     }
@@ -1028,6 +963,141 @@ fn decode_cursor(c: &str) -> Result<String> {
     String::from_utf8(bytes.ok_or_else(bad)?).map_err(|_| bad())
 }
 
+/// Records `packs` of `tenant` and their blobs as [`record_pack`] does (not
+/// moving), then new versions of `files` (see [`Catalog::commit_versions`]),
+/// in `w`. A blob row is read and written once: a new blob takes its
+/// references as it is recorded.
+fn record_versions(
+    w: &redb::WriteTransaction,
+    tenant: &str,
+    files: Vec<NewVersion>,
+    packs: &[&(PackRecord, Vec<(ChunkId, BlobLoc)>)],
+) -> Result<Vec<FileVersion>> {
+    if let Some(f) = files.iter().find(|f| f.path.is_root()) {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "a file needs a name (the path is the root)",
+        )
+        .with_context("path", &f.path));
+    }
+    let mut out = Vec::with_capacity(files.len());
+    {
+        let mut blobs = w.open_table(BLOBS)?;
+        let mut heads = w.open_table(FILES)?;
+        let mut versions = w.open_table(VERSIONS)?;
+        // The packs' blobs and the chunks' references, gathered first and
+        // then recorded in key order: chunk ids are random, so recording
+        // them pack by pack or file by file would touch a different page
+        // of the table every time.
+        let mut rows: std::collections::BTreeMap<&[u8; 32], BlobChange<'_>> =
+            std::collections::BTreeMap::new();
+        if !packs.is_empty() {
+            let mut table = w.open_table(PACKS)?;
+            for (pack, placed) in packs {
+                table.insert(pack.id.as_bytes().as_slice(), enc(pack)?.as_slice())?;
+                for (id, loc) in placed {
+                    rows.entry(id.as_bytes()).or_default().placed = Some(loc);
+                }
+            }
+        }
+        for f in &files {
+            for c in &f.chunks {
+                let row = rows.entry(c.id.as_bytes()).or_default();
+                row.refs += 1;
+                row.path.get_or_insert(&f.path);
+            }
+        }
+        let condemned = w.open_table(CONDEMNED)?;
+        let mut k = blob_key(tenant, &ChunkId::from_bytes([0; 32]));
+        let id_at = k.len() - 32;
+        for (id, change) in rows {
+            k[id_at..].copy_from_slice(id);
+            let old = blobs
+                .get(k.as_slice())?
+                .map(|v| dec::<StoredBlob>(v.value()))
+                .transpose()?;
+            let mut blob = match (old, change.placed) {
+                (Some(old), None) => old,
+                (None, Some(loc)) => StoredBlob { loc: *loc, refs: 0 },
+                // A blob already known keeps its place, unless its pack is
+                // condemned by gc: then the fresh copy is the one to keep
+                // (with the references).
+                (Some(old), Some(loc)) => {
+                    match condemned.get(old.loc.pack.as_bytes().as_slice())? {
+                        None => old,
+                        Some(_) => StoredBlob {
+                            loc: *loc,
+                            refs: old.refs,
+                        },
+                    }
+                }
+                (None, None) => {
+                    let mut e =
+                        Error::new(ErrorKind::Integrity, "a chunk of the file is not committed")
+                            .with_context("chunk", ChunkId::from_bytes(*id));
+                    if let Some(path) = change.path {
+                        e = e.with_context("path", path);
+                    }
+                    return Err(e);
+                }
+            };
+            blob.refs += change.refs;
+            blobs.insert(k.as_slice(), enc(&blob)?.as_slice())?;
+        }
+        for f in files {
+            let fk = file_key(tenant, &f.path);
+            let prev: Option<FileHead> = heads
+                .get(fk.as_str())?
+                .map(|v| dec(v.value()))
+                .transpose()?;
+            let next = prev.map(|h| h.latest + 1).unwrap_or(1);
+            let version = match f.version {
+                0 => next,
+                v if v >= next => v,
+                v => {
+                    return Err(
+                        Error::new(ErrorKind::InvalidInput, "version numbers only grow")
+                            .with_context("path", &f.path)
+                            .with_context("version", v)
+                            .with_context("next", next),
+                    );
+                }
+            };
+            let fv = FileVersion {
+                path: f.path.as_str().to_owned(),
+                version,
+                size: f.size,
+                meta: f.meta,
+                created_ns: f.created_ns,
+                chunks: f.chunks,
+            };
+            heads.insert(
+                fk.as_str(),
+                enc(&FileHead {
+                    latest: version,
+                    deleted: false,
+                })?
+                .as_slice(),
+            )?;
+            versions.insert(
+                version_key(tenant, &f.path, version).as_slice(),
+                enc_version(fv.size, &fv.meta, fv.created_ns, &fv.chunks)?.as_slice(),
+            )?;
+            out.push(fv);
+        }
+    }
+    Ok(out)
+}
+
+/// What a batch does to one blob row: records it in a pack, adds
+/// references from files (the first of which is `path`).
+#[derive(Default)]
+struct BlobChange<'a> {
+    placed: Option<&'a BlobLoc>,
+    refs: u64,
+    path: Option<&'a RepoPath>,
+}
+
 /// Records `pack` and its blobs in `w`. With `moving` (a repack) each blob
 /// moves to `pack`; otherwise a blob already known keeps its place, unless
 /// its pack is condemned by gc: then the fresh copy is the one to keep.
@@ -1280,5 +1350,48 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert!(!names.iter().any(|n| n == "c.redb.compacting"), "{names:?}");
+    }
+
+    #[test]
+    fn a_batch_is_committed_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = RedbCatalog::open(&dir.path().join("c.redb")).unwrap();
+        let pack = PackRecord {
+            id: PackId::from_bytes([3; 32]),
+            tenant: "t".into(),
+            data_len: 10,
+            redundancy: "none".into(),
+            shards: vec!["b".into()],
+        };
+        let [stored, missing] = [1u8, 2].map(|i| ChunkId::from_bytes([i; 32]));
+        let loc = BlobLoc {
+            pack: pack.id,
+            offset: 0,
+            len: 10,
+        };
+        let file = |chunk| NewVersion {
+            path: RepoPath::parse("f").unwrap(),
+            size: 10,
+            meta: FileMeta::default(),
+            chunks: vec![ChunkRef { id: chunk, len: 10 }],
+            created_ns: 1,
+            version: 0,
+        };
+        let packs = [(pack.clone(), vec![(stored, loc)])];
+        // A version whose chunk is in no pack fails the batch: its pack is
+        // not recorded either.
+        let e = c
+            .commit_batch("t", &packs, vec![file(stored), file(missing)])
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Integrity, "{e}");
+        assert_eq!(c.pack(&pack.id).unwrap(), None);
+        assert_eq!(c.blob("t", &stored).unwrap(), None);
+        assert_eq!(c.latest("t", &RepoPath::parse("f").unwrap()).unwrap(), None);
+        // Whole, it records the pack, the blob and the version that uses it.
+        let out = c.commit_batch("t", &packs, vec![file(stored)]).unwrap();
+        assert_eq!(out[0].version, 1);
+        assert_eq!(c.pack(&pack.id).unwrap(), Some(pack));
+        assert_eq!(c.blob("t", &stored).unwrap(), Some(loc));
+        assert_eq!(c.refcount("t", &stored).unwrap(), 1);
     }
 }
