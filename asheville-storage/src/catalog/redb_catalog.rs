@@ -257,29 +257,18 @@ fn upgrade(w: &redb::WriteTransaction) -> Result<()> {
         let mut blobs = w.open_table(BLOBS)?;
         {
             let refs = w.open_table(OLD_REFS)?;
-            let mut rows = Vec::new();
-            for row in blobs.iter()? {
-                let (k, v) = row?;
-                let loc: BlobLoc = dec(v.value())?;
-                let refs = refs.get(k.value())?.map(|n| n.value()).unwrap_or(0);
-                rows.push((k.value().to_vec(), enc(&StoredBlob { loc, refs })?));
-            }
-            for (k, v) in rows {
-                blobs.insert(k.as_slice(), v.as_slice())?;
-            }
+            rewrite_rows(&mut blobs, |k, v| {
+                let loc: BlobLoc = dec(v)?;
+                let refs = refs.get(k)?.map(|n| n.value()).unwrap_or(0);
+                enc(&StoredBlob { loc, refs })
+            })?;
         }
         w.delete_table(OLD_REFS)?;
         let mut versions = w.open_table(VERSIONS)?;
-        let mut rows = Vec::new();
-        for row in versions.iter()? {
-            let (k, v) = row?;
-            let fv: FileVersion = dec(v.value())?;
-            let record = enc_version(fv.size, &fv.meta, fv.created_ns, &fv.chunks)?;
-            rows.push((k.value().to_vec(), record));
-        }
-        for (k, v) in rows {
-            versions.insert(k.as_slice(), v.as_slice())?;
-        }
+        rewrite_rows(&mut versions, |_, v| {
+            let fv: FileVersion = dec(v)?;
+            enc_version(fv.size, &fv.meta, fv.created_ns, &fv.chunks)
+        })?;
     }
     w.open_table(META)?
         .insert(FORMAT_KEY, FORMAT.to_le_bytes().as_slice())?;
@@ -298,6 +287,37 @@ fn live(db: &Database) -> Result<u64> {
 /// [`COMPACT_FREE_SHARE`] of it.
 fn sparse(slack: u64, file: u64) -> bool {
     slack as f64 >= file as f64 * COMPACT_FREE_SHARE
+}
+
+/// Replaces the value of every row of `table` with `f(key, value)`, a few
+/// thousand rows at a time (memory stays bounded for any catalog).
+fn rewrite_rows(
+    table: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
+    mut f: impl FnMut(&[u8], &[u8]) -> Result<Vec<u8>>,
+) -> Result<()> {
+    const AT_ONCE: usize = 4096;
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let range = match &after {
+            Some(a) => table.range::<&[u8]>((
+                std::ops::Bound::Excluded(a.as_slice()),
+                std::ops::Bound::Unbounded,
+            ))?,
+            None => table.range::<&[u8]>(..)?,
+        };
+        let mut rows = Vec::with_capacity(AT_ONCE);
+        for row in range.take(AT_ONCE) {
+            let (k, v) = row?;
+            rows.push((k.value().to_vec(), f(k.value(), v.value())?));
+        }
+        for (k, v) in &rows {
+            table.insert(k.as_slice(), v.as_slice())?;
+        }
+        match rows.pop() {
+            Some((k, _)) if rows.len() + 1 == AT_ONCE => after = Some(k),
+            _ => return Ok(()),
+        }
+    }
 }
 
 /// Catalogs up to this size are read ahead whole when opened.
@@ -1393,5 +1413,33 @@ mod tests {
         assert_eq!(c.pack(&pack.id).unwrap(), Some(pack));
         assert_eq!(c.blob("t", &stored).unwrap(), Some(loc));
         assert_eq!(c.refcount("t", &stored).unwrap(), 1);
+    }
+
+    #[test]
+    fn every_row_is_rewritten_once_across_the_steps_of_an_upgrade() {
+        const T: TableDefinition<&[u8], &[u8]> = TableDefinition::new("t");
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("c.redb")).unwrap();
+        let w = db.begin_write().unwrap();
+        {
+            let mut t = w.open_table(T).unwrap();
+            // Two and a half steps' worth, and one row past the last whole step.
+            for i in 0..10_241u32 {
+                t.insert(i.to_be_bytes().as_slice(), [7u8].as_slice())
+                    .unwrap();
+            }
+            let mut seen = 0;
+            rewrite_rows(&mut t, |k, v| {
+                seen += 1;
+                Ok([v, k].concat())
+            })
+            .unwrap();
+            assert_eq!(seen, 10_241);
+            for row in t.iter().unwrap() {
+                let (k, v) = row.unwrap();
+                assert_eq!(v.value(), [[7u8].as_slice(), k.value()].concat());
+            }
+        }
+        w.commit().unwrap();
     }
 }
