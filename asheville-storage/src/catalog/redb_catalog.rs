@@ -140,7 +140,7 @@ impl RedbCatalog {
     /// Opens (or creates) the catalog file.
     pub fn open(path: &Path) -> Result<Self> {
         read_ahead(path);
-        let db = Database::create(path).map_err(|e| match e {
+        let mut db = Database::create(path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => Error::new(
                 ErrorKind::Other,
                 "the catalog is in use by another process or handle",
@@ -149,7 +149,7 @@ impl RedbCatalog {
             e => Error::from(e).with_context("catalog", path.display()),
         })?;
         let w = db.begin_write()?;
-        upgrade(&w).map_err(|e| e.with_context("catalog", path.display()))?;
+        let upgraded = upgrade(&w).map_err(|e| e.with_context("catalog", path.display()))?;
         for t in [META, TENANTS, FILES] {
             w.open_table(t)?;
         }
@@ -158,6 +158,12 @@ impl RedbCatalog {
         }
         w.open_table(CONDEMNED)?;
         w.commit()?;
+        if upgraded {
+            // Every row was rewritten: the old pages are free (the peers
+            // set's catalog: 6.7 MB of rows in a 13.5 MB file).
+            db.compact()
+                .map_err(|e| Error::from(e).with_context("catalog", path.display()))?;
+        }
         let catalog = RedbCatalog {
             db: std::sync::RwLock::new(db),
             path: path.to_path_buf(),
@@ -225,8 +231,9 @@ impl RedbCatalog {
 /// Brings the catalog `w` writes to [`FORMAT`], in that transaction: a
 /// fresh catalog is marked, a format 1 catalog is rewritten (its `refs`
 /// folded into `blobs`, its version records shortened). A catalog of a
-/// later format is refused rather than misread.
-fn upgrade(w: &redb::WriteTransaction) -> Result<()> {
+/// later format is refused rather than misread. Returns whether rows were
+/// rewritten.
+fn upgrade(w: &redb::WriteTransaction) -> Result<bool> {
     let format = match w.open_table(META)?.get(FORMAT_KEY)? {
         None => None,
         Some(v) => Some(
@@ -238,7 +245,7 @@ fn upgrade(w: &redb::WriteTransaction) -> Result<()> {
         ),
     };
     match format {
-        Some(FORMAT) => return Ok(()),
+        Some(FORMAT) => return Ok(false),
         Some(f) if f > FORMAT => {
             return Err(Error::new(
                 ErrorKind::Other,
@@ -272,7 +279,7 @@ fn upgrade(w: &redb::WriteTransaction) -> Result<()> {
     }
     w.open_table(META)?
         .insert(FORMAT_KEY, FORMAT.to_le_bytes().as_slice())?;
-    Ok(())
+    Ok(old)
 }
 
 /// Bytes the rows of `db` and their index take.
