@@ -1043,14 +1043,9 @@ impl<'a> PackWriter<'a> {
     ///
     /// [`Backend::sync`]: crate::backend::Backend::sync
     async fn finish(self) -> Result<u64> {
-        let moving = self.moving;
-        let catalog = self.t.repo.inner.catalog.clone();
+        let (moving, t) = (self.moving, self.t);
         let (bytes, packs) = self.finish_unrecorded().await?;
-        if !packs.is_empty() {
-            tokio::task::spawn_blocking(move || catalog.commit_packs(&packs, moving))
-                .await
-                .map_err(join_err)??;
-        }
+        record_packs(t, packs, moving).await?;
         Ok(bytes)
     }
 
@@ -1344,12 +1339,7 @@ impl Batch<'_> {
         }
         let (stored, packs) = finished?;
         if self.files.is_empty() {
-            if !packs.is_empty() {
-                let catalog = self.t.repo.inner.catalog.clone();
-                tokio::task::spawn_blocking(move || catalog.commit_packs(&packs, false))
-                    .await
-                    .map_err(join_err)??;
-            }
+            record_packs(self.t, packs, false).await?;
             return Ok(Vec::new());
         }
         let ops = self
@@ -1475,10 +1465,21 @@ fn payload_lead(ptr: *const u8) -> usize {
     (PAYLOAD_PHASE + SHARD_HEADER_LEN % PAYLOAD_PHASE - at) % PAYLOAD_PHASE
 }
 
-/// A pack whose shards are written but not yet synced nor recorded.
 /// A pack and its blobs, as the catalog records them.
 type RecordedPack = (PackRecord, Vec<(ChunkId, BlobLoc)>);
 
+/// Records `packs` in `t`'s catalog ([`Catalog::commit_packs`]).
+async fn record_packs(t: &Tenant, packs: Vec<RecordedPack>, moving: bool) -> Result<()> {
+    if packs.is_empty() {
+        return Ok(());
+    }
+    let catalog = t.repo.inner.catalog.clone();
+    tokio::task::spawn_blocking(move || catalog.commit_packs(&packs, moving))
+        .await
+        .map_err(join_err)?
+}
+
+/// A pack whose shards are written but not yet synced nor recorded.
 struct StoredPack {
     record: PackRecord,
     blobs: Vec<(ChunkId, BlobLoc)>,

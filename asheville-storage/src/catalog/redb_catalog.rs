@@ -514,7 +514,7 @@ impl Catalog for RedbCatalog {
 
     fn commit_versions(&self, tenant: &str, files: Vec<NewVersion>) -> Result<Vec<FileVersion>> {
         let w = self.db()?.begin_write()?;
-        let out = record_versions(&w, tenant, files, &[])?;
+        let out = record(&w, tenant, &[], false, files)?;
         w.commit()?;
         Ok(out)
     }
@@ -527,11 +527,14 @@ impl Catalog for RedbCatalog {
     ) -> Result<Vec<FileVersion>> {
         let w = self.db()?.begin_write()?;
         // Packs of another tenant (not a put's) are recorded on their own.
-        let (own, other): (Vec<_>, Vec<_>) = packs.iter().partition(|(p, _)| p.tenant == tenant);
+        let (own, other): (Vec<_>, Vec<_>) = packs
+            .iter()
+            .map(|(p, b)| (p, b.as_slice()))
+            .partition(|(p, _)| p.tenant == tenant);
         for (pack, blobs) in other {
             record_pack(&w, pack, blobs, false)?;
         }
-        let out = record_versions(&w, tenant, files, &own)?;
+        let out = record(&w, tenant, &own, false, files)?;
         w.commit()?;
         Ok(out)
     }
@@ -990,15 +993,17 @@ fn decode_cursor(c: &str) -> Result<String> {
     String::from_utf8(bytes.ok_or_else(bad)?).map_err(|_| bad())
 }
 
-/// Records `packs` of `tenant` and their blobs as [`record_pack`] does (not
-/// moving), then new versions of `files` (see [`Catalog::commit_versions`]),
-/// in `w`. A blob row is read and written once: a new blob takes its
-/// references as it is recorded.
-fn record_versions(
+/// Records, in `w`, `packs` of `tenant` and their blobs (see
+/// [`Catalog::commit_pack`], or with `moving` [`Catalog::commit_repacked`]),
+/// then new versions of `files` (see [`Catalog::commit_versions`]). A blob
+/// row is read and written once: a new blob takes its references as it is
+/// recorded.
+fn record(
     w: &redb::WriteTransaction,
     tenant: &str,
+    packs: &[(&PackRecord, &[(ChunkId, BlobLoc)])],
+    moving: bool,
     files: Vec<NewVersion>,
-    packs: &[&(PackRecord, Vec<(ChunkId, BlobLoc)>)],
 ) -> Result<Vec<FileVersion>> {
     if let Some(f) = files.iter().find(|f| f.path.is_root()) {
         return Err(Error::new(
@@ -1022,7 +1027,7 @@ fn record_versions(
             let mut table = w.open_table(PACKS)?;
             for (pack, placed) in packs {
                 table.insert(pack.id.as_bytes().as_slice(), enc(pack)?.as_slice())?;
-                for (id, loc) in placed {
+                for (id, loc) in placed.iter() {
                     rows.entry(id.as_bytes()).or_default().placed = Some(loc);
                 }
             }
@@ -1046,16 +1051,18 @@ fn record_versions(
             let mut blob = match (old, change.placed) {
                 (Some(old), None) => old,
                 (None, Some(loc)) => StoredBlob { loc: *loc, refs: 0 },
-                // A blob already known keeps its place, unless its pack is
-                // condemned by gc: then the fresh copy is the one to keep
-                // (with the references).
+                // A blob already known keeps its place, unless it moves
+                // (repacking) or its pack is condemned by gc: then the
+                // fresh copy is the one to keep. The references stay with
+                // the chunk wherever it is.
                 (Some(old), Some(loc)) => {
-                    match condemned.get(old.loc.pack.as_bytes().as_slice())? {
-                        None => old,
-                        Some(_) => StoredBlob {
+                    if moving || condemned.get(old.loc.pack.as_bytes().as_slice())?.is_some() {
+                        StoredBlob {
                             loc: *loc,
                             refs: old.refs,
-                        },
+                        }
+                    } else {
+                        old
                     }
                 }
                 (None, None) => {
@@ -1125,40 +1132,14 @@ struct BlobChange<'a> {
     path: Option<&'a RepoPath>,
 }
 
-/// Records `pack` and its blobs in `w`. With `moving` (a repack) each blob
-/// moves to `pack`; otherwise a blob already known keeps its place, unless
-/// its pack is condemned by gc: then the fresh copy is the one to keep.
+/// Records `pack` and its blobs in `w` (see [`record`]).
 fn record_pack(
     w: &redb::WriteTransaction,
     pack: &PackRecord,
     blobs: &[(ChunkId, BlobLoc)],
     moving: bool,
 ) -> Result<()> {
-    w.open_table(PACKS)?
-        .insert(pack.id.as_bytes().as_slice(), enc(pack)?.as_slice())?;
-    let mut b = w.open_table(BLOBS)?;
-    let condemned = w.open_table(CONDEMNED)?;
-    for (id, loc) in blobs {
-        let k = blob_key(&pack.tenant, id);
-        let old = b
-            .get(k.as_slice())?
-            .map(|v| dec::<StoredBlob>(v.value()))
-            .transpose()?;
-        let keep_old = !moving
-            && match old {
-                None => false,
-                Some(old) => condemned.get(old.loc.pack.as_bytes().as_slice())?.is_none(),
-            };
-        if !keep_old {
-            // The references stay with the chunk wherever it moves.
-            let refs = old.map_or(0, |o| o.refs);
-            b.insert(
-                k.as_slice(),
-                enc(&StoredBlob { loc: *loc, refs })?.as_slice(),
-            )?;
-        }
-    }
-    Ok(())
+    record(w, &pack.tenant, &[(pack, blobs)], moving, Vec::new()).map(drop)
 }
 
 #[cfg(test)]
