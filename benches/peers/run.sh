@@ -21,8 +21,9 @@
 # whoever does it, and the tool restoring next would pay for the cleanup of
 # the one before (a repository is a few hundred to a thousand inodes: its
 # objects and its 256 prefix directories per backend). Start a run at least
-# 6 minutes after deleting many files on that filesystem (a previous run's
-# cleanup included).
+# 6 minutes after deleting many files on that filesystem: the script waits
+# that long after its own cleanups (a previous run's included), not after
+# anyone else's.
 #
 # Environment: PEERS_DIR (work dir, default /tmp/asheville-peers; it needs
 # ~2 GiB plus the dataset size for every restore and the repository size
@@ -53,8 +54,9 @@ ASH="$ROOT/target/release/asheville"
 
 mkdir -p "$WORK"
 if [ -d "$WORK/restored" ]; then
-  echo "removing the restores and repositories a stopped run left; wait 6 minutes before measuring on ext4 without a journal" >&2
+  echo "removing the restores and repositories a stopped run left" >&2
   rm -rf "$WORK/restored"
+  touch "$WORK/.cleaned"
 fi
 # A run stopped midway must not leave the dataset changed.
 [ -d "$WORK/saved" ] && python3 "$ROOT/benches/peers/dataset.py" --revert "$WORK/data" "$WORK/saved"
@@ -64,6 +66,18 @@ DATA_BYTES=$(du -sb --exclude=.done "$WORK/data" | cut -f1)
 DATA_FILES=$(find "$WORK/data" -type f ! -name .done | wc -l)
 RESULTS="$WORK/results.csv"
 echo "tool,round,step,wall_s,cpu_s,rss_kb,repo_bytes,repo_objects,bytes" > "$RESULTS"
+
+# The run starts PEERS_SETTLE seconds (default 360) after the last
+# cleanup here (the end of the run before, or the removal above), so that
+# no tool restores next to thousands of recently deleted inodes.
+settle=${PEERS_SETTLE:-360}
+if [ -f "$WORK/.cleaned" ]; then
+  left=$(( $(stat -c %Y "$WORK/.cleaned") + settle - $(date +%s) ))
+  if [ "$left" -gt 0 ]; then
+    echo "waiting ${left} s: files were deleted here at $(date -r "$WORK/.cleaned" +%T) (see the top of this script; PEERS_SETTLE=0 skips the wait)" >&2
+    sleep "$left"
+  fi
+fi
 
 warm() { find "$WORK/data" -type f -exec cat {} + > /dev/null; sync; }
 
@@ -172,3 +186,4 @@ done
 
 python3 "$ROOT/benches/peers/table.py" "$RESULTS" "$DATA_BYTES" "$DATA_FILES"
 rm -rf "$WORK/restored"
+touch "$WORK/.cleaned"
