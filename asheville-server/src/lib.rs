@@ -13,14 +13,50 @@ fn thp_mode() -> String {
 
 /// The `GLIBC_TUNABLES` this process's environment and kernel call for:
 /// [`huge_page_tunables`] of `$GLIBC_TUNABLES` and the kernel's THP mode,
-/// or `None` when `ASHEVILLE_NO_HUGE_PAGES` is set or nothing is to change.
-/// The `asheville` CLI runs itself again with them; the repo bench gives
-/// them to its runs.
+/// or `None` when `ASHEVILLE_NO_HUGE_PAGES` is set, when the kernel hands
+/// free memory back to a hypervisor ([`free_page_reporting`]), or when
+/// nothing is to change. The `asheville` CLI runs itself again with them;
+/// the repo bench gives them to its runs.
 pub fn huge_page_env() -> Option<std::ffi::OsString> {
-    if std::env::var_os("ASHEVILLE_NO_HUGE_PAGES").is_some() {
+    if std::env::var_os("ASHEVILLE_NO_HUGE_PAGES").is_some() || free_page_reporting() {
         return None;
     }
     huge_page_tunables(std::env::var_os("GLIBC_TUNABLES").as_deref(), &thp_mode())
+}
+
+/// Whether this kernel reports the memory it frees to a hypervisor, which
+/// takes it back (a virtio balloon with free page reporting, as on this
+/// project's VMs).
+///
+/// The kernel reports free blocks of 2 MiB and more that stayed free for
+/// ~2 s, and a huge page is such a block: a process asking for huge pages
+/// a while after memory was last freed gets ones the host has to fault in
+/// again, 4 KiB at a time, where small pages mostly come from memory that
+/// was never handed back. On such a VM, alternating rounds: CLI puts of the
+/// peers set with the data read just before (as `benches/peers` does),
+/// 2.13-2.66 s with huge pages against 1.81-2.09 s without (5 rounds, each
+/// pair faster without, system CPU 1.01-1.55 against 0.76-0.86 s); cold
+/// restores 5 s after `drop_caches`, 2.03-2.18 against 1.31-1.63 s (3
+/// rounds). Huge pages won only where the memory had been freed a moment
+/// before: right after `drop_caches`, or with one put right after another.
+pub fn free_page_reporting() -> bool {
+    let Ok(devices) = std::fs::read_dir("/sys/bus/virtio/devices") else {
+        return false;
+    };
+    devices.flatten().any(|d| {
+        let read = |f: &str| std::fs::read_to_string(d.path().join(f)).unwrap_or_default();
+        read("device").trim() == VIRTIO_ID_BALLOON && balloon_reports_free_pages(&read("features"))
+    })
+}
+
+/// The virtio device id of a memory balloon, as sysfs shows it.
+const VIRTIO_ID_BALLOON: &str = "0x0005";
+
+/// Whether a virtio balloon's negotiated features (sysfs's `features`: one
+/// `0` or `1` per feature bit, bit 0 first) include free page reporting
+/// (`VIRTIO_BALLOON_F_REPORTING`, bit 5).
+fn balloon_reports_free_pages(features: &str) -> bool {
+    features.as_bytes().get(5) == Some(&b'1')
 }
 
 /// The `GLIBC_TUNABLES` a process should run with so that glibc's
@@ -54,7 +90,21 @@ pub fn huge_page_tunables(
 
 #[cfg(test)]
 mod tests {
-    use super::huge_page_tunables;
+    use super::{balloon_reports_free_pages, huge_page_tunables};
+
+    #[test]
+    fn free_page_reporting_is_bit_5_of_a_balloons_features() {
+        // This project's VM: must-tell-host off, stats, deflate on OOM,
+        // reporting, and bit 7.
+        assert!(balloon_reports_free_pages(
+            "0110010100000000000000000000000010000000"
+        ));
+        assert!(!balloon_reports_free_pages(
+            "0110000100000000000000000000000010000000"
+        ));
+        assert!(!balloon_reports_free_pages("01100"));
+        assert!(!balloon_reports_free_pages(""));
+    }
     use std::ffi::OsStr;
 
     #[test]

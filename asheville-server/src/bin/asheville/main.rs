@@ -1020,16 +1020,16 @@ fn tune_malloc(_work: MallocFor) {}
 
 /// Runs this program again, at once, with the `GLIBC_TUNABLES` of
 /// [`asheville_server::huge_page_env`] (huge pages for malloc), unless it
-/// already has them or `ASHEVILLE_NO_HUGE_PAGES` is set. glibc reads
+/// already has them, `ASHEVILLE_NO_HUGE_PAGES` is set, or the kernel
+/// reports freed memory to a hypervisor (where huge pages cost more than
+/// they save: see [`asheville_server::free_page_reporting`]). glibc reads
 /// its tunables only when a process starts, and no `mallopt` asks for huge
-/// pages. On this project's VM each first touch of a 4 KiB page is dear
-/// (the host hands idle memory back), and a put or restore touches
-/// hundreds of MiB of fresh buffers (pack buffers, read windows, Argon2id's
-/// 64 MiB). With the tunable set by hand, CLI puts of the peers set went
-/// 2.66 -> 2.41 s (CPU 3.82 -> 3.50 s, 4 alternating rounds, each faster
-/// than its pair) and cold restores 1.21 -> 1.10 s; with this exec, 2.51
-/// -> 2.37 s and 1.46 -> 1.29 s (4 rounds each), for 3-5 MiB more peak
-/// RSS. If the exec fails, the program carries on as it is.
+/// pages. A put or restore touches hundreds of MiB of fresh buffers (pack
+/// buffers, read windows, Argon2id's 64 MiB). In an earlier session on
+/// this project's VM, with huge pages taken from memory freed a moment
+/// before, CLI puts of the peers set went 2.51 -> 2.37 s with this exec
+/// and cold restores 1.46 -> 1.29 s (4 alternating rounds each), for 3-5
+/// MiB more peak RSS. If the exec fails, the program carries on as it is.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn reexec_with_huge_pages() {
     use std::os::unix::process::CommandExt;
