@@ -13,12 +13,12 @@ fn thp_mode() -> String {
 
 /// The `GLIBC_TUNABLES` this process's environment and kernel call for:
 /// [`huge_page_tunables`] of `$GLIBC_TUNABLES` and the kernel's THP mode,
-/// or `None` when `ASHEVILLE_NO_HUGE_PAGES` is set, when the kernel hands
-/// free memory back to a hypervisor ([`free_page_reporting`]), or when
-/// nothing is to change. The `asheville` CLI runs itself again with them;
-/// the repo bench gives them to its runs.
+/// or `None` when `ASHEVILLE_NO_HUGE_PAGES` is set or nothing is to change.
+/// The `asheville` CLI runs itself again with them (restores everywhere,
+/// other commands unless [`free_page_reporting`]); the repo bench gives
+/// them to its runs.
 pub fn huge_page_env() -> Option<std::ffi::OsString> {
-    if std::env::var_os("ASHEVILLE_NO_HUGE_PAGES").is_some() || free_page_reporting() {
+    if std::env::var_os("ASHEVILLE_NO_HUGE_PAGES").is_some() {
         return None;
     }
     huge_page_tunables(std::env::var_os("GLIBC_TUNABLES").as_deref(), &thp_mode())
@@ -30,15 +30,19 @@ pub fn huge_page_env() -> Option<std::ffi::OsString> {
 ///
 /// The kernel reports free blocks of 2 MiB and more that stayed free for
 /// ~2 s, and a huge page is such a block: a process asking for huge pages
-/// a while after memory was last freed gets ones the host has to fault in
-/// again, 4 KiB at a time, where small pages mostly come from memory that
-/// was never handed back. On such a VM, alternating rounds: CLI puts of the
-/// peers set with the data read just before (as `benches/peers` does),
-/// 2.13-2.66 s with huge pages against 1.81-2.09 s without (5 rounds, each
-/// pair faster without, system CPU 1.01-1.55 against 0.76-0.86 s); cold
-/// restores 5 s after `drop_caches`, 2.03-2.18 against 1.31-1.63 s (3
-/// rounds). Huge pages won only where the memory had been freed a moment
-/// before: right after `drop_caches`, or with one put right after another.
+/// a while after memory was last freed mostly gets ones the host has to
+/// fault in again, where small pages mostly come from memory that was
+/// never handed back. On such a VM, CLI puts of the peers set with the
+/// data read just before (as `benches/peers` does) took 2.13-2.66 s with
+/// huge pages and 1.81-2.09 s without (5 alternating rounds, each pair
+/// faster without; system CPU 1.01-1.55 against 0.76-0.86 s), and one put
+/// right after another 1.61-2.18 against 1.67-1.86 s (4 rounds). Restores
+/// went both ways: 5 s after `drop_caches` 2.03-2.18 s with huge pages
+/// against 1.31-1.63 s without (3 rounds), but `rs(4,2)` restores after a
+/// `sync` only 1.68-2.80 against 1.97-3.42 s (4 rounds, each pair faster
+/// with), and the repo bench's get (right after its put, in the same
+/// process) 526-723 against 450-619 MB/s (3 rounds, each faster with); so
+/// the CLI keeps them for `get`.
 pub fn free_page_reporting() -> bool {
     let Ok(devices) = std::fs::read_dir("/sys/bus/virtio/devices") else {
         return false;

@@ -1020,9 +1020,10 @@ fn tune_malloc(_work: MallocFor) {}
 
 /// Runs this program again, at once, with the `GLIBC_TUNABLES` of
 /// [`asheville_server::huge_page_env`] (huge pages for malloc), unless it
-/// already has them, `ASHEVILLE_NO_HUGE_PAGES` is set, or the kernel
-/// reports freed memory to a hypervisor (where huge pages cost more than
-/// they save: see [`asheville_server::free_page_reporting`]). glibc reads
+/// already has them, `ASHEVILLE_NO_HUGE_PAGES` is set, or the command is
+/// not a restore (`get`) and the kernel reports freed memory to a
+/// hypervisor (where huge pages cost puts more than they save: see
+/// [`asheville_server::free_page_reporting`]). glibc reads
 /// its tunables only when a process starts, and no `mallopt` asks for huge
 /// pages. A put or restore touches hundreds of MiB of fresh buffers (pack
 /// buffers, read windows, Argon2id's 64 MiB). In an earlier session on
@@ -1031,11 +1032,14 @@ fn tune_malloc(_work: MallocFor) {}
 /// and cold restores 1.46 -> 1.29 s (4 alternating rounds each), for 3-5
 /// MiB more peak RSS. If the exec fails, the program carries on as it is.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn reexec_with_huge_pages() {
+fn reexec_with_huge_pages(restore: bool) {
     use std::os::unix::process::CommandExt;
     let Some(tunables) = asheville_server::huge_page_env() else {
         return;
     };
+    if !restore && asheville_server::free_page_reporting() {
+        return;
+    }
     let Ok(exe) = std::env::current_exe() else {
         return;
     };
@@ -1050,11 +1054,13 @@ fn reexec_with_huge_pages() {
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn reexec_with_huge_pages() {}
+fn reexec_with_huge_pages(_restore: bool) {}
 
 fn main() -> ExitCode {
-    reexec_with_huge_pages();
     let cli = Cli::parse();
+    // Parsing starts no thread and changes nothing: the exec replaces
+    // this process, which parses its arguments again.
+    reexec_with_huge_pages(matches!(cli.cmd, Cmd::Get { .. }));
     // Argument parsing starts no thread, so this still runs single-threaded.
     tune_malloc(match cli.cmd {
         Cmd::Put { .. } => MallocFor::Put,
