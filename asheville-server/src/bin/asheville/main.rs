@@ -330,6 +330,7 @@ fn absolute(dir: &Path) -> Result<PathBuf, Error> {
 async fn init(cli: &Cli, config: RepoConfig) -> Result<Tenant, Error> {
     let pw = passphrase(cli)?;
     let repo = Repository::create(&catalog_path(&cli.data_dir), config).await?;
+    let _small = SmallPagesWhile::unlocking();
     repo.create_tenant(&cli.tenant, TenantKey::Passphrase(pw))
         .await
 }
@@ -373,6 +374,7 @@ async fn open_unmetered(cli: &Cli, create_if_missing: bool) -> Result<Tenant, Er
 /// (Argon2id), or created if missing and `create_if_missing`.
 async fn unlock(cli: &Cli, repo: &Repository, create_if_missing: bool) -> Result<Tenant, Error> {
     let pw = passphrase(cli)?;
+    let _small = SmallPagesWhile::unlocking();
     match repo
         .tenant(&cli.tenant, TenantKey::Passphrase(pw.clone()))
         .await
@@ -1018,6 +1020,54 @@ fn tune_malloc(work: MallocFor) {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn tune_malloc(_work: MallocFor) {}
 
+/// Transparent huge pages off for this process while it lives (Linux's
+/// `PR_SET_THP_DISABLE`), around the unlock: Argon2id's 64 MiB are
+/// touched once, in ~0.1 s, and huge pages (which [`reexec_with_huge_pages`]
+/// asks malloc for, for `get` at least) buy them nothing: `asheville ls`
+/// of the peers repository, mostly the unlock, took 0.07-0.10 s either way
+/// (3 rounds). Where the host takes back the memory the guest freed
+/// ([`asheville_server::free_page_reporting`]), each fresh 2 MiB page is
+/// dear: the same `ls` 4 s after `drop_caches` took 0.49-0.51 s with huge
+/// pages and 0.12-0.14 s with 4 KiB pages (3 alternating rounds), and cold
+/// restores of the peers set 5 s after `drop_caches` spent 0.76-0.92 s of
+/// system CPU with this guard against 1.03-1.41 s without (3 alternating
+/// rounds; wall 1.49-1.67 against 1.29-2.15 s, the disk being the bound).
+/// Pages faulted after the guard is dropped are huge again.
+struct SmallPagesWhile {
+    /// Whether this guard turned huge pages off (and so turns them on).
+    set: bool,
+}
+
+impl SmallPagesWhile {
+    #[cfg(target_os = "linux")]
+    #[allow(unsafe_code)]
+    fn unlocking() -> SmallPagesWhile {
+        // SAFETY: prctl with these options reads or sets one flag of this
+        // process; no memory is passed.
+        let set = unsafe {
+            libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) == 0
+                && libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0
+        };
+        SmallPagesWhile { set }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn unlocking() -> SmallPagesWhile {
+        SmallPagesWhile { set: false }
+    }
+}
+
+impl Drop for SmallPagesWhile {
+    #[allow(unsafe_code)]
+    fn drop(&mut self) {
+        #[cfg(target_os = "linux")]
+        if self.set {
+            // SAFETY: as in `unlocking`.
+            unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 0, 0, 0, 0) };
+        }
+    }
+}
+
 /// Runs this program again, at once, with the `GLIBC_TUNABLES` of
 /// [`asheville_server::huge_page_env`] (huge pages for malloc), unless it
 /// already has them, `ASHEVILLE_NO_HUGE_PAGES` is set, or the command is
@@ -1083,5 +1133,36 @@ fn main() -> ExitCode {
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::SmallPagesWhile;
+
+    /// Whether this process has transparent huge pages turned off.
+    #[allow(unsafe_code)]
+    fn huge_pages_off() -> bool {
+        // SAFETY: reads one flag of this process.
+        unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) == 1 }
+    }
+
+    #[test]
+    fn huge_pages_are_off_while_unlocking_and_back_after() {
+        assert!(
+            !huge_pages_off(),
+            "huge pages were off for the test process already"
+        );
+        {
+            let _outer = SmallPagesWhile::unlocking();
+            assert!(huge_pages_off());
+            {
+                // A guard that found them off leaves them off.
+                let _inner = SmallPagesWhile::unlocking();
+                assert!(huge_pages_off());
+            }
+            assert!(huge_pages_off());
+        }
+        assert!(!huge_pages_off());
     }
 }
