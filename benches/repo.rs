@@ -390,7 +390,7 @@ fn disk_probe(dir: &Path) -> Option<(f64, f64)> {
 fn run_child(policy: &str) -> Result<(Row, PathBuf), Box<dyn std::error::Error>> {
     let mut child = std::process::Command::new(std::env::current_exe()?);
     child.env(RUN_ENV, policy);
-    // Huge pages for malloc, as the CLI asks for them.
+    // Huge pages for malloc, as the CLI asks for them for `get`.
     if let Some(t) = asheville_server::huge_page_env() {
         child.env("GLIBC_TUNABLES", t);
     }

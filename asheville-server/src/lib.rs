@@ -95,6 +95,7 @@ pub fn huge_page_tunables(
 #[cfg(test)]
 mod tests {
     use super::{balloon_reports_free_pages, huge_page_tunables};
+    use std::ffi::OsStr;
 
     #[test]
     fn free_page_reporting_is_bit_5_of_a_balloons_features() {
@@ -109,7 +110,6 @@ mod tests {
         assert!(!balloon_reports_free_pages("01100"));
         assert!(!balloon_reports_free_pages(""));
     }
-    use std::ffi::OsStr;
 
     #[test]
     fn huge_pages_are_asked_for_only_where_the_kernel_gives_them_on_request() {
