@@ -1164,6 +1164,9 @@ pub struct Batch<'a> {
     /// The tenant's quota with its use when the batch started (loaded at
     /// the first write when a meter store is attached).
     quota: Option<(asheville_core::metering::Quota, u64, u64)>,
+    /// The chunks of the batch that commits while this one fills (see
+    /// [`Batch::commit_handing_on`]): not stored again.
+    earlier: Arc<HashSet<ChunkId>>,
 }
 
 impl std::fmt::Debug for Batch<'_> {
@@ -1175,7 +1178,7 @@ impl std::fmt::Debug for Batch<'_> {
     }
 }
 
-impl Batch<'_> {
+impl<'a> Batch<'a> {
     /// Chunks, seals and queues `reader`'s bytes as the next version of
     /// `path`. After an error the batch refuses further work.
     pub async fn add<R: AsyncRead + Unpin>(
@@ -1236,6 +1239,7 @@ impl Batch<'_> {
             // Before the chunk can reach a backend.
             self.check_quota(size)?;
             if !self.writer.pending.contains(&id)
+                && !self.earlier.contains(&id)
                 && inner.catalog.blob_for_dedup(&self.t.name, &id)?.is_none()
             {
                 self.writer.add(id, chunk).await?;
@@ -1323,6 +1327,20 @@ impl Batch<'_> {
     /// Bytes added so far (before dedup).
     pub fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// [`Batch::commit`], and the chunks this batch stores, for the batch
+    /// that fills while it commits ([`Tenant::batch_after`]) to leave out.
+    /// That batch refers to them, so it must commit only once this one has
+    /// (a put commits its batches in order and stops at the first error).
+    pub(crate) fn commit_handing_on(
+        mut self,
+    ) -> (
+        Arc<HashSet<ChunkId>>,
+        impl std::future::Future<Output = Result<Vec<FileVersion>>> + Send + 'a,
+    ) {
+        let ids = Arc::new(std::mem::take(&mut self.writer.pending));
+        (ids, self.commit())
     }
 
     /// Flushes the open pack, waits for every upload and makes the shards
@@ -1753,6 +1771,17 @@ impl Tenant {
     /// batches that share them, one filling while another commits, stay
     /// within the memory of `packs_in_flight` packs together.
     pub(crate) fn batch_sharing(&self, permits: Arc<Semaphore>) -> Batch<'_> {
+        self.batch_after(permits, Arc::default())
+    }
+
+    /// [`Tenant::batch_sharing`] for the batch that fills while another
+    /// commits: the chunks of that one (`earlier`, from
+    /// [`Batch::commit_handing_on`]) are not stored again.
+    pub(crate) fn batch_after(
+        &self,
+        permits: Arc<Semaphore>,
+        earlier: Arc<HashSet<ChunkId>>,
+    ) -> Batch<'_> {
         Batch {
             t: self,
             writer: PackWriter::new(self, permits),
@@ -1760,6 +1789,7 @@ impl Tenant {
             bytes: 0,
             failed: false,
             quota: None,
+            earlier,
         }
     }
 

@@ -262,7 +262,7 @@ pub async fn put_listed(
         }
         files = kept;
     }
-    let files = interleave(files, opts.batch_files.max(1));
+    let files = interleave(files);
     progress.start(files.len() as u64, files.iter().map(|f| f.1).sum());
     // Open (and read, when small) the files ahead of the one being
     // chunked, in groups of up to OPEN_GROUP_FILES files or
@@ -293,8 +293,9 @@ pub async fn put_listed(
     // Each batch commits while the next one fills, so the pipeline does
     // not drain at every commit; at most one commit is in flight. An error
     // while filling waits for the commit before it, so every batch that
-    // was whole is committed as before. A chunk that appears in both
-    // batches may be stored twice (the later copy is garbage for gc). A
+    // was whole is committed as before. A batch leaves out the chunks of
+    // the one committing, and refers to them: it commits only after that
+    // one did. A
     // tenant with a quota commits first: its quota check counts committed
     // bytes (a quota set by another process while this put runs may let
     // the batch being filled then through). Put of the peers set (20,027
@@ -305,8 +306,11 @@ pub async fn put_listed(
     // One batch fills while the one before commits: they share the
     // permits of `packs_in_flight` packs, so memory stays that of one write.
     let permits = t.pack_permits();
+    // The chunks of the batch committing, which the next one leaves out
+    // (those of the batches before it are in the catalog).
+    let mut handed_on = std::sync::Arc::default();
     loop {
-        let mut batch = t.batch_sharing(permits.clone());
+        let mut batch = t.batch_after(permits.clone(), handed_on);
         let mut done = Vec::new();
         let cap = batch_cap(queue.len(), opts.batch_files);
         let fill = async {
@@ -333,7 +337,9 @@ pub async fn put_listed(
         if batch.is_empty() {
             break;
         }
-        committing = Some((Box::pin(batch.commit()), done));
+        let (ids, commit) = batch.commit_handing_on();
+        handed_on = ids;
+        committing = Some((Box::pin(commit), done));
     }
     // The last batch commits alone.
     alongside(committing, async { Ok(()) }, &mut report, progress).await?;
@@ -354,9 +360,6 @@ pub async fn put_listed(
 /// bench set ended with ~0.1 s more on one core (CPU use every 50 ms: the
 /// tail at ~45% ran 0.30 s before, 0.20 s after). Halving, each commit
 /// overlaps the fill of a batch half its size, and the last one is small.
-/// The halves split the last window of [`interleave`]: as between any two
-/// batches, a chunk new to both of two of them may be stored twice (the
-/// later copy is garbage for gc).
 fn batch_cap(left: usize, batch_files: usize) -> usize {
     let batch_files = batch_files.max(1);
     if left <= 2 * TAIL_BATCH_FILES {
@@ -370,38 +373,33 @@ fn batch_cap(left: usize, batch_files: usize) -> usize {
 /// catalog transactions, synced).
 const TAIL_BATCH_FILES: usize = 500;
 
-/// The order a put stores files in: within every `window` files of the
-/// listing (a commit batch's worth, so that copies of a file stay in the
-/// batch they were in, unless `batch_bytes` cuts the batch first), the
-/// small files (up to [`READ_WHOLE_LIMIT`]) are
-/// spread among the large ones by bytes, so that compressing small files
-/// (CPU) overlaps writing the large ones' packs (disk) instead of
-/// following it. Put of the peers set (CLI, 5 alternating rounds): median
-/// 3.18 s against 3.56 in listing order; repo bench (`rs(4,2)`) put 415
-/// and 396 MB/s against 378 and 397, the same bytes stored.
-fn interleave<T>(files: Vec<(PathBuf, u64, T)>, window: usize) -> Vec<(PathBuf, u64, T)> {
+/// The order a put stores files in: the small files (up to
+/// [`READ_WHOLE_LIMIT`]) spread among the large ones by bytes, so that
+/// compressing small files (CPU) overlaps writing the large ones' packs
+/// (disk) instead of following it. Put of the peers set (CLI, 5
+/// alternating rounds): median 3.18 s against 3.56 in listing order; repo
+/// bench (`rs(4,2)`) put 415 and 396 MB/s against 378 and 397, the same
+/// bytes stored. (It was done within each commit batch's worth of files,
+/// while a batch could store again a chunk of the batch committing: the
+/// peers set's second batch was then small files only, 0.5 s of zstd at
+/// the end of the put with no writes to overlap.)
+fn interleave<T>(files: Vec<(PathBuf, u64, T)>) -> Vec<(PathBuf, u64, T)> {
     let mut out = Vec::with_capacity(files.len());
-    let mut files = files.into_iter().peekable();
-    while files.peek().is_some() {
-        let (small, large): (Vec<_>, Vec<_>) = files
-            .by_ref()
-            .take(window)
-            .partition(|f| f.1 <= READ_WHOLE_LIMIT);
-        let small_total = u128::from(small.iter().map(|f| f.1).sum::<u64>());
-        let large_total = u128::from(large.iter().map(|f| f.1).sum::<u64>()).max(1);
-        let mut small = small.into_iter();
-        let (mut small_out, mut large_out) = (0u128, 0u128);
-        for f in large {
-            large_out += u128::from(f.1);
-            out.push(f);
-            while small_out * large_total < large_out * small_total {
-                let Some(g) = small.next() else { break };
-                small_out += u128::from(g.1);
-                out.push(g);
-            }
+    let (small, large): (Vec<_>, Vec<_>) = files.into_iter().partition(|f| f.1 <= READ_WHOLE_LIMIT);
+    let small_total = u128::from(small.iter().map(|f| f.1).sum::<u64>());
+    let large_total = u128::from(large.iter().map(|f| f.1).sum::<u64>()).max(1);
+    let mut small = small.into_iter();
+    let (mut small_out, mut large_out) = (0u128, 0u128);
+    for f in large {
+        large_out += u128::from(f.1);
+        out.push(f);
+        while small_out * large_total < large_out * small_total {
+            let Some(g) = small.next() else { break };
+            small_out += u128::from(g.1);
+            out.push(g);
         }
-        out.extend(small);
     }
+    out.extend(small);
     out
 }
 
@@ -1188,15 +1186,13 @@ mod tests {
         assert!(!partial_name(&kept).exists());
     }
 
-    /// Every file is kept once, each window keeps its own files, and
-    /// within a window the small files are spread among the large ones by
-    /// bytes (at every large file, the share of small bytes out is the
-    /// share of large bytes out, to within one small file).
+    /// Every file is kept once, and the small files are spread among the
+    /// large ones by bytes (at every large file, the share of small bytes
+    /// out is the share of large bytes out, to within one small file),
+    /// each kind in its listing order.
     #[test]
-    fn puts_spread_small_files_among_large_ones_within_each_window() {
+    fn puts_spread_small_files_among_large_ones() {
         let big = 8 << 20;
-        // Window 1: 3 large files, then 6 small; window 2: small only;
-        // window 3: a large file first and last.
         let sizes: Vec<u64> = [
             vec![big, 2 * big, big],
             vec![1000; 6],
@@ -1209,49 +1205,44 @@ mod tests {
         let files: Vec<(PathBuf, u64, ())> = sizes
             .iter()
             .enumerate()
-            .map(|(i, &s)| (PathBuf::from(format!("f{i}")), s, ()))
+            .map(|(i, &s)| (PathBuf::from(format!("f{i:02}")), s, ()))
             .collect();
-        let out = super::interleave(files.clone(), 9);
-        let names = |v: &[(PathBuf, u64, ())]| -> Vec<PathBuf> {
-            let mut n: Vec<_> = v.iter().map(|f| f.0.clone()).collect();
-            n.sort();
-            n
+        let out = super::interleave(files.clone());
+        let names = |v: &[(PathBuf, u64, ())], small: bool| -> Vec<PathBuf> {
+            v.iter()
+                .filter(|f| (f.1 <= READ_WHOLE_LIMIT) == small)
+                .map(|f| f.0.clone())
+                .collect()
         };
-        assert_eq!(names(&out), names(&files), "every file once");
-        for (w, (o, f)) in out.chunks(9).zip(files.chunks(9)).enumerate() {
-            assert_eq!(names(o), names(f), "window {w} keeps its files");
-            let small_total: u64 = f
+        assert_eq!(out.len(), files.len());
+        for small in [false, true] {
+            assert_eq!(names(&out, small), names(&files, small), "in order, once");
+        }
+        let total = |small: bool| -> u64 {
+            files
                 .iter()
+                .filter(|f| (f.1 <= READ_WHOLE_LIMIT) == small)
                 .map(|f| f.1)
-                .filter(|&s| s <= READ_WHOLE_LIMIT)
-                .sum();
-            let large_total: u64 = f
-                .iter()
-                .map(|f| f.1)
-                .filter(|&s| s > READ_WHOLE_LIMIT)
-                .sum();
-            let (mut small, mut large) = (0u64, 0u64);
-            for g in o {
-                if g.1 > READ_WHOLE_LIMIT {
-                    // Before each large file, the small files sent keep
-                    // pace with the large bytes sent.
-                    let lag = small as f64 / small_total.max(1) as f64
-                        - large as f64 / large_total.max(1) as f64;
-                    assert!(
-                        lag.abs() <= 1000.0 / small_total.max(1) as f64 + 1e-9,
-                        "window {w}"
-                    );
-                    large += g.1;
-                } else {
-                    small += g.1;
-                }
+                .sum()
+        };
+        let (small_total, large_total) = (total(true), total(false));
+        let (mut small, mut large) = (0u64, 0u64);
+        for g in &out {
+            if g.1 > READ_WHOLE_LIMIT {
+                // Before each large file, the small files sent keep pace
+                // with the large bytes sent.
+                let lag = small as f64 / small_total as f64 - large as f64 / large_total as f64;
+                assert!(lag.abs() <= 1000.0 / small_total as f64 + 1e-9, "{out:?}");
+                large += g.1;
+            } else {
+                small += g.1;
             }
         }
-        // Window 1 is now large, small, small, large, ... not 3 large
-        // files then 6 small ones.
+        // Large, small, ..., not the three large files first.
         assert!(out[1].1 <= READ_WHOLE_LIMIT, "{:?}", &out[..9]);
-        // A window of small files only stays as it was.
-        assert_eq!(out[9..18], files[9..18]);
+        // The last large file comes before the small files that follow
+        // it in bytes, not last.
+        assert!(out.last().is_some_and(|f| f.1 <= READ_WHOLE_LIMIT));
     }
 
     #[cfg(target_os = "linux")]

@@ -860,6 +860,53 @@ async fn put_tree_commits_each_batch_while_the_next_fills_and_keeps_whole_batche
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_tree_stores_a_chunk_once_when_its_copies_fill_a_batch_while_another_commits() {
+    use asheville_storage::tree::{NoProgress, PutOptions, get_tree, put_tree};
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, t) = temp_repo(dir.path(), 3, "rs(2,1)", |_| {}).await;
+    // 12 files, three copies of each of 4 bodies, in batches of 4: each
+    // batch holds the same 4 bodies, and the second fills while the first
+    // commits.
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let body = |i: usize| random(300_000, 700 + (i % 4) as u64);
+    for i in 0..12 {
+        std::fs::write(src.join(format!("f{i:02}")), body(i)).unwrap();
+    }
+    let opts = PutOptions {
+        batch_files: 4,
+        ..PutOptions::default()
+    };
+    let r = put_tree(&t, &src, "/tree", opts, &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(r.files, 12);
+    // 4 bodies × 300 KB × 1.5 (rs(2,1)), headers, trailers and padding:
+    // not the 2 or 3 copies of each that batches storing again the chunks
+    // of the batch committing would leave.
+    let stored = stored_bytes(dir.path());
+    let once = 4 * 300_000 * 3 / 2;
+    assert!(
+        stored >= once && stored < once * 11 / 10,
+        "{stored} bytes for {once}"
+    );
+    for i in 0..4 {
+        let id = t.stat(&format!("tree/f{i:02}")).unwrap().chunks[0].id;
+        assert_eq!(repo.catalog().refcount("acme", &id).unwrap(), 3, "body {i}");
+    }
+    let out = dir.path().join("out");
+    get_tree(&t, "/tree", &out, &NoProgress).await.unwrap();
+    for i in 0..12 {
+        assert_eq!(
+            std::fs::read(out.join(format!("f{i:02}"))).unwrap(),
+            body(i)
+        );
+    }
+    let report = repo.check(true, &NoProgress).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_batch_gives_every_file_its_bytes_when_files_share_a_chunk() {
     use asheville_storage::tree::{NoProgress, PutOptions, get_tree, put_tree};
     let dir = tempfile::tempdir().unwrap();
