@@ -295,10 +295,9 @@ pub async fn put_listed(
     // while filling waits for the commit before it, so every batch that
     // was whole is committed as before. A batch leaves out the chunks of
     // the one committing, and refers to them: it commits only after that
-    // one did. A
-    // tenant with a quota commits first: its quota check counts committed
-    // bytes (a quota set by another process while this put runs may let
-    // the batch being filled then through). Put of the peers set (20,027
+    // one did. A tenant with a quota commits first: its quota check counts
+    // committed bytes (a quota set by another process while this put runs
+    // may let the batch being filled then through). Put of the peers set (20,027
     // files, 3 commits), 10 alternating rounds: median 2.33 -> 2.20 s.
     let quota = t.has_quota()?;
     let mut queue = files.iter();
