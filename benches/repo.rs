@@ -259,17 +259,34 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Removes the runs' temp dirs, or with `ASHEVILLE_BENCH_KEEP` prints
-/// where they are.
+/// where they are. After a removal it touches [`DELETED_STAMP`] in the
+/// temp dir, so that `benches/peers/run.sh` (whose work dir is under the
+/// same temp dir by default) waits before timing restores next to the
+/// tens of thousands of inodes just freed (see README, "Benchmarks").
 fn release(done: Vec<PathBuf>) {
     let keep = std::env::var_os("ASHEVILLE_BENCH_KEEP").is_some();
+    let mut removed = false;
     for work in done {
         if keep {
             eprintln!("kept {}", work.display());
         } else {
-            let _ = std::fs::remove_dir_all(&work);
+            removed |= std::fs::remove_dir_all(&work).is_ok();
+        }
+    }
+    if removed {
+        let stamp = std::env::temp_dir().join(DELETED_STAMP);
+        if std::fs::write(&stamp, b"").is_ok() {
+            eprintln!(
+                "removed the runs' temp dirs; restores timed on this filesystem in the next 6 minutes run slower (ext4 without a journal; {} marks when)",
+                stamp.display()
+            );
         }
     }
 }
+
+/// The file whose mtime says when a bench last deleted many files under
+/// the temp dir; `benches/peers/run.sh` reads it too.
+const DELETED_STAMP: &str = "asheville-mass-delete.stamp";
 
 /// One run's figures.
 #[derive(Clone, Copy)]

@@ -22,8 +22,10 @@
 # the one before (a repository is a few hundred to a thousand inodes: its
 # objects and its 256 prefix directories per backend). Start a run at least
 # 6 minutes after deleting many files on that filesystem: the script waits
-# that long after its own cleanups (a previous run's included), not after
-# anyone else's.
+# that long after its own cleanups (a previous run's included) and after
+# the repo bench's (`cargo bench --bench repo` touches
+# ${TMPDIR:-/tmp}/asheville-mass-delete.stamp when it removes its runs), not
+# after anyone else's.
 #
 # Environment: PEERS_DIR (work dir, default /tmp/asheville-peers; it needs
 # ~2 GiB plus the dataset size for every restore and the repository size
@@ -71,13 +73,14 @@ echo "tool,round,step,wall_s,cpu_s,rss_kb,repo_bytes,repo_objects,bytes" > "$RES
 # cleanup here (the end of the run before, or the removal above), so that
 # no tool restores next to thousands of recently deleted inodes.
 settle=${PEERS_SETTLE:-360}
-if [ -f "$WORK/.cleaned" ]; then
-  left=$(( $(stat -c %Y "$WORK/.cleaned") + settle - $(date +%s) ))
+for stamp in "$WORK/.cleaned" "${TMPDIR:-/tmp}/asheville-mass-delete.stamp"; do
+  [ -f "$stamp" ] || continue
+  left=$(( $(stat -c %Y "$stamp") + settle - $(date +%s) ))
   if [ "$left" -gt 0 ]; then
-    echo "waiting ${left} s: files were deleted here at $(date -r "$WORK/.cleaned" +%T) (see the top of this script; PEERS_SETTLE=0 skips the wait)" >&2
+    echo "waiting ${left} s: files were deleted at $(date -r "$stamp" +%T) ($stamp; see the top of this script; PEERS_SETTLE=0 skips the wait)" >&2
     sleep "$left"
   fi
-fi
+done
 
 warm() { find "$WORK/data" -type f -exec cat {} + > /dev/null; sync; }
 
