@@ -70,7 +70,8 @@ RESULTS="$WORK/results.csv"
 echo "tool,round,step,wall_s,cpu_s,rss_kb,repo_bytes,repo_objects,bytes" > "$RESULTS"
 
 # The run starts PEERS_SETTLE seconds (default 360) after the last
-# cleanup here (the end of the run before, or the removal above), so that
+# cleanup here (the end of the run before, or the removal above) and after
+# the repo bench last removed its runs (its stamp in the temp dir), so that
 # no tool restores next to thousands of recently deleted inodes.
 settle=${PEERS_SETTLE:-360}
 for stamp in "$WORK/.cleaned" "${TMPDIR:-/tmp}/asheville-mass-delete.stamp"; do
