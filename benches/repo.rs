@@ -277,7 +277,7 @@ fn release(done: Vec<PathBuf>) {
         let stamp = std::env::temp_dir().join(DELETED_STAMP);
         if std::fs::write(&stamp, b"").is_ok() {
             eprintln!(
-                "removed the runs' temp dirs; restores timed on this filesystem in the next 6 minutes run slower (ext4 without a journal; {} marks when)",
+                "removed the runs' temp dirs; on ext4 without a journal, restores timed on this filesystem in the next 6 minutes run slower ({} marks when; benches/peers/run.sh waits)",
                 stamp.display()
             );
         }
