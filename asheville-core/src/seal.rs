@@ -364,35 +364,58 @@ impl Sealer {
         }
         let chunk_key = self.key.chunk_key(id);
         let start = out.len();
+        let body_at = start + HEADER_LEN;
+        // Compressed straight into `out`, behind room for the header; kept
+        // only if it is shorter than the plaintext.
         let compressed = match self.compression {
             Compression::None => None,
             Compression::Zstd { level } if worth_compressing(plaintext, level)? => {
-                let c = with_compressor(level, |z| z.compress(plaintext))?;
-                (c.len() < plaintext.len()).then_some((c, level))
+                let bound = zstd::zstd_safe::compress_bound(plaintext.len());
+                out.reserve(HEADER_LEN + bound + TAG_LEN);
+                out.resize(body_at + bound, 0);
+                let n = with_compressor(level, |z| {
+                    z.compress_to_buffer(plaintext, &mut out[body_at..])
+                });
+                match n {
+                    Ok(n) if n < plaintext.len() => {
+                        out.truncate(body_at + n);
+                        Some(level)
+                    }
+                    Ok(_) => {
+                        out.truncate(start);
+                        None
+                    }
+                    Err(e) => {
+                        out.truncate(start);
+                        return Err(e);
+                    }
+                }
             }
             Compression::Zstd { .. } => None,
         };
-        let (stored, compression, commitment) = match &compressed {
-            Some((c, level)) => (
-                &c[..],
-                Compression::Zstd { level: *level },
-                *blake3::hash(c).as_bytes(),
+        let (compression, commitment) = match compressed {
+            Some(level) => (
+                Compression::Zstd { level },
+                *blake3::hash(&out[body_at..]).as_bytes(),
             ),
-            None => (plaintext, Compression::None, *id.as_bytes()),
+            None => {
+                out.reserve(OVERHEAD + plaintext.len());
+                out.resize(body_at, 0);
+                out.extend_from_slice(plaintext);
+                (Compression::None, *id.as_bytes())
+            }
         };
         let mut header = BlobHeader {
             version: BLOB_VERSION,
             compression,
             plain_len: plaintext.len() as u32,
-            stored_len: stored.len() as u32,
+            stored_len: (out.len() - body_at) as u32,
             nonce: [0; NONCE_LEN],
         };
         header.nonce = nonce_for(&chunk_key, &header.prefix(), &commitment);
         let hbytes = header.to_bytes();
-        out.reserve(OVERHEAD + stored.len());
-        out.extend_from_slice(&hbytes);
-        out.extend_from_slice(stored);
-        let body = &mut out[start + HEADER_LEN..];
+        out[start..body_at].copy_from_slice(&hbytes);
+        let body = &mut out[body_at..];
         let tag = self
             .aead
             .seal_in_place(&chunk_key, &header.nonce, &aad(&hbytes, id), body)?;
@@ -677,6 +700,28 @@ mod tests {
             Compression::None
         );
         assert_eq!(b.len(), random.len() + OVERHEAD);
+    }
+
+    /// The bytes `seal_into` appends are those earlier builds wrote: for
+    /// a compressed chunk, an uncompressed one and a tiny one, appended
+    /// behind other bytes. The expected hash was taken from the build
+    /// before `seal_into` compressed straight into its output (it changes
+    /// with the zstd library's output, which the module docs allow for).
+    #[test]
+    fn sealed_bytes_are_those_of_earlier_builds() {
+        let k = keys(9);
+        let s = sealer(&k, Compression::Zstd { level: 3 });
+        let random: Vec<u8> = (0..10_000u32)
+            .map(|i| blake3::hash(&i.to_le_bytes()).as_bytes()[0])
+            .collect();
+        let mut out = b"earlier bytes".to_vec();
+        for chunk in [text(100_000), random, text(300), Vec::new()] {
+            s.seal_into(&k.chunk_id(&chunk), &chunk, &mut out).unwrap();
+        }
+        assert_eq!(
+            blake3::hash(&out).to_hex().as_str(),
+            "6140745e6fc139207136b4ebd7ca521cef576e13110e8d429749b03fed0176ac"
+        );
     }
 
     /// The nonce argument of the module docs: one chunk key, different stored

@@ -91,6 +91,67 @@ pub enum LocalFile {
         /// The open file.
         file: std::fs::File,
     },
+    /// Read whole, cut and hashed, its chunks sealed unless they seemed
+    /// stored already: by [`Tenant::open_group`], ahead of the batch.
+    Prepared {
+        /// Its metadata.
+        meta: FileMeta,
+        /// Its chunks.
+        file: PreparedFile,
+    },
+}
+
+/// A file read whole, its chunks cut, hashed and, unless the catalog had
+/// them, sealed ahead of its batch by [`Tenant::open_group`]. Only the
+/// tenant that prepared it can add it to a batch.
+pub struct PreparedFile {
+    /// [`key_check`] of the tenant that prepared it.
+    keys: [u8; 32],
+    /// `Inner::blob_commits` before its chunks were looked up.
+    looked_up: u64,
+    size: u64,
+    chunks: Vec<PreparedChunk>,
+}
+
+/// What [`Tenant::open_group`] keeps for a group while it prepares it.
+struct GroupPrep {
+    /// [`key_check`] of the tenant.
+    keys: [u8; 32],
+    /// `Inner::blob_commits` before the group's first lookup.
+    looked_up: u64,
+    /// Chunks sealed for the group so far (not sealed twice).
+    sealed: HashSet<ChunkId>,
+    /// The group's blobs, one after the other.
+    blobs: Vec<u8>,
+}
+
+/// A prepared chunk until its group's blobs are all sealed.
+struct StagedChunk {
+    id: ChunkId,
+    len: u32,
+    body: Staged,
+}
+
+/// A prepared chunk's body until its group's blobs are all sealed.
+enum Staged {
+    Plain(Bytes),
+    /// Where its blob lies in the group's blobs.
+    Sealed(std::ops::Range<usize>),
+}
+
+struct PreparedChunk {
+    id: ChunkId,
+    len: u32,
+    body: PackItem,
+}
+
+impl std::fmt::Debug for PreparedFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedFile")
+            .field("size", &self.size)
+            .field("chunks", &self.chunks.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl LocalFile {
@@ -113,16 +174,30 @@ impl LocalFile {
     }
 
     fn open_blocking(path: std::path::PathBuf) -> Result<LocalFile> {
-        let open = || -> std::io::Result<_> {
-            let mut f = std::fs::File::open(&path)?;
+        let mut data = Vec::new();
+        Ok(match Self::open_into(&path, &mut data)? {
+            Err(file) => file,
+            Ok(meta) => LocalFile::Whole { meta, data },
+        })
+    }
+
+    /// Opens `path` and, if it is small, reads it into `data` (emptied
+    /// first) and returns its metadata; else returns it open.
+    fn open_into(
+        path: &std::path::Path,
+        data: &mut Vec<u8>,
+    ) -> Result<std::result::Result<FileMeta, LocalFile>> {
+        let mut open = || -> std::io::Result<_> {
+            let mut f = std::fs::File::open(path)?;
             let m = f.metadata()?;
             let meta = local_meta(&m);
             if m.len() <= READ_WHOLE_LIMIT {
-                let mut data = Vec::with_capacity(m.len() as usize);
-                read_whole(&mut f, &mut data)?;
-                Ok(LocalFile::Whole { meta, data })
+                data.clear();
+                data.reserve(m.len() as usize);
+                read_whole(&mut f, data)?;
+                Ok(Ok(meta))
             } else {
-                Ok(LocalFile::Stream { meta, file: f })
+                Ok(Err(LocalFile::Stream { meta, file: f }))
             }
         };
         open().map_err(|e| {
@@ -202,6 +277,24 @@ struct Inner {
     stream_parity: bool,
     /// Read windows of local files put, for the next ones.
     windows: Arc<crate::chunking::WindowPool>,
+    /// Commits that recorded blobs, counted: a chunk sealed ahead
+    /// ([`Tenant::open_group`]) is looked up in the catalog again only if
+    /// one came between its lookup and its batch.
+    blob_commits: std::sync::atomic::AtomicU64,
+}
+
+impl Inner {
+    /// Counts a commit that recorded blobs (see `blob_commits`), once it
+    /// is in the catalog.
+    fn count_blob_commit(&self) {
+        self.blob_commits
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// See `blob_commits`.
+    fn blob_commits(&self) -> u64 {
+        self.blob_commits.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// A repository: backends, a catalog, and tenants inside.
@@ -361,6 +454,7 @@ impl Repository {
                 parity_bufs,
                 stream_parity,
                 windows: Default::default(),
+                blob_commits: Default::default(),
                 config,
                 backends,
                 by_name,
@@ -763,6 +857,13 @@ const SEAL_QUEUE: usize = 4;
 /// that a run of small files does not wake it once per chunk.
 const SEAL_HANDFUL: usize = 1 << 20;
 
+/// A chunk on its way into a pack: its plaintext, sealed by the pack's
+/// thread, or its blob, sealed already.
+enum PackItem {
+    Plain(Bytes),
+    Sealed(Bytes),
+}
+
 /// A pack being filled: a thread of its own seals each chunk into the pack
 /// buffer as it arrives, so that chunking + hashing (the writer's task) and
 /// sealing (another core) overlap, and no chunk waits for its pack to fill.
@@ -771,10 +872,10 @@ const SEAL_HANDFUL: usize = 1 << 20;
 /// may need.)
 struct OpenPack {
     id: PackId,
-    tx: tokio::sync::mpsc::Sender<Vec<(ChunkId, Bytes)>>,
+    tx: tokio::sync::mpsc::Sender<Vec<(ChunkId, PackItem)>>,
     /// Chunks not yet sent to the sealing thread, their bytes, and how
     /// many are shorter than the chunker's `min_size`.
-    handful: Vec<(ChunkId, Bytes)>,
+    handful: Vec<(ChunkId, PackItem)>,
     handful_bytes: usize,
     handful_small: usize,
     sealing: tokio::sync::oneshot::Receiver<Result<SealedPack>>,
@@ -901,11 +1002,27 @@ impl<'a> PackWriter<'a> {
         }
     }
 
+    /// Queues `chunk` for the open pack, to be sealed there; a chunk
+    /// queued before is left out.
     async fn add(&mut self, id: ChunkId, chunk: Bytes) -> Result<()> {
+        self.add_item(id, PackItem::Plain(chunk)).await
+    }
+
+    /// [`PackWriter::add`] for a chunk that may be sealed already.
+    async fn add_item(&mut self, id: ChunkId, item: PackItem) -> Result<()> {
         if !self.pending.insert(id) {
             return Ok(());
         }
-        let len = chunk.len();
+        let (len, small) = match &item {
+            PackItem::Plain(chunk) => (
+                chunk.len(),
+                chunk.len() < self.t.repo.inner.config.chunker.min_size as usize,
+            ),
+            PackItem::Sealed(blob) => (
+                blob.len().saturating_sub(asheville_core::seal::OVERHEAD),
+                true,
+            ),
+        };
         // A pack is closed before a chunk would take it past the pack
         // size (a chunk larger than that has a pack of its own), so a pack
         // buffer holds at most `pack_size` bytes and a trailer, not up to
@@ -940,9 +1057,9 @@ impl<'a> PackWriter<'a> {
             },
         };
         let lane = self.turn;
-        open.handful.push((id, chunk));
+        open.handful.push((id, item));
         open.handful_bytes += len;
-        if len < self.t.repo.inner.config.chunker.min_size as usize {
+        if small {
             open.handful_small += 1;
         }
         if open.handful_bytes >= SEAL_HANDFUL {
@@ -1150,6 +1267,12 @@ pub struct RetentionReport {
     pub forgotten: u64,
 }
 
+/// Where a file's chunks come from: cut from its bytes, or sealed ahead.
+enum FileChunks<R> {
+    Chunker(Box<AsyncChunker<R>>),
+    Prepared(PreparedFile),
+}
+
 /// Several writes that share packs and commit in one catalog transaction.
 ///
 /// Nothing added to a batch is visible, or acknowledged, until
@@ -1188,15 +1311,17 @@ impl<'a> Batch<'a> {
         meta: FileMeta,
     ) -> Result<()> {
         let chunker = AsyncChunker::new(self.t.repo.inner.config.chunker, reader);
+        let chunker = chunker.map(|c| FileChunks::Chunker(Box::new(c)));
         self.add_chunked(path, chunker, meta).await
     }
 
-    /// [`Batch::add`] once the input has a chunker: refuses work after an
-    /// earlier error and marks the batch failed on a new one.
+    /// [`Batch::add`] once the input has a chunker (or was prepared):
+    /// refuses work after an earlier error and marks the batch failed on a
+    /// new one.
     async fn add_chunked<R: AsyncRead + Unpin>(
         &mut self,
         path: &str,
-        chunker: Result<AsyncChunker<R>>,
+        chunker: Result<FileChunks<R>>,
         meta: FileMeta,
     ) -> Result<()> {
         if self.failed {
@@ -1216,7 +1341,7 @@ impl<'a> Batch<'a> {
     async fn add_inner<R: AsyncRead + Unpin>(
         &mut self,
         path: &str,
-        mut chunker: AsyncChunker<R>,
+        source: FileChunks<R>,
         meta: FileMeta,
     ) -> Result<()> {
         let path = RepoPath::parse(path)?;
@@ -1226,25 +1351,10 @@ impl<'a> Batch<'a> {
                 "a file needs a name (the path is the root)",
             ));
         }
-        let inner = &self.t.repo.inner;
-        let mut chunks = Vec::new();
-        let mut size = 0u64;
-        while let Some(chunk) = chunker.next_chunk().await? {
-            let id = self.t.keys.chunk_id(&chunk);
-            chunks.push(ChunkRef {
-                id,
-                len: chunk.len() as u32,
-            });
-            size += chunk.len() as u64;
-            // Before the chunk can reach a backend.
-            self.check_quota(size)?;
-            if !self.writer.pending.contains(&id)
-                && !self.earlier.contains(&id)
-                && inner.catalog.blob_for_dedup(&self.t.name, &id)?.is_none()
-            {
-                self.writer.add(id, chunk).await?;
-            }
-        }
+        let (size, chunks) = match source {
+            FileChunks::Chunker(chunker) => self.add_chunks(*chunker).await?,
+            FileChunks::Prepared(f) => self.add_prepared(f).await?,
+        };
         self.bytes += size;
         // The commit time is set when the batch commits.
         self.files.push(NewVersion {
@@ -1256,6 +1366,77 @@ impl<'a> Batch<'a> {
             version: 0,
         });
         Ok(())
+    }
+
+    /// Stores the chunks `chunker` cuts that are not stored yet; returns
+    /// the file's size and chunks.
+    async fn add_chunks<R: AsyncRead + Unpin>(
+        &mut self,
+        mut chunker: AsyncChunker<R>,
+    ) -> Result<(u64, Vec<ChunkRef>)> {
+        let mut chunks = Vec::new();
+        let mut size = 0u64;
+        while let Some(chunk) = chunker.next_chunk().await? {
+            let id = self.t.keys.chunk_id(&chunk);
+            chunks.push(ChunkRef {
+                id,
+                len: chunk.len() as u32,
+            });
+            size += chunk.len() as u64;
+            // Before the chunk can reach a backend.
+            self.check_quota(size)?;
+            if !self.queued(&id) && self.not_in_catalog(&id)? {
+                self.writer.add(id, chunk).await?;
+            }
+        }
+        Ok((size, chunks))
+    }
+
+    /// Stores the chunks of a file [`Tenant::open_group`] prepared that
+    /// are not stored yet: [`Batch::add_chunks`] with the work done.
+    async fn add_prepared(&mut self, f: PreparedFile) -> Result<(u64, Vec<ChunkRef>)> {
+        // Its chunk ids and blobs are of the keys that prepared it.
+        if f.keys != key_check(&self.t.keys) {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "a file prepared by another tenant or repository",
+            )
+            .with_context("tenant", &self.t.name));
+        }
+        self.check_quota(f.size)?;
+        // A sealed chunk was not in the catalog when it was sealed. Unless
+        // nothing was committed since, it is looked up again (a batch
+        // before the one committing may have stored it: a put's read-ahead
+        // runs ahead of its batches). A chunk left unsealed is looked up
+        // again too: its pack may have gone since.
+        let unchanged = f.looked_up == self.t.repo.inner.blob_commits();
+        let mut chunks = Vec::with_capacity(f.chunks.len());
+        for c in f.chunks {
+            let new = !self.queued(&c.id)
+                && match c.body {
+                    PackItem::Sealed(_) if unchanged => true,
+                    _ => self.not_in_catalog(&c.id)?,
+                };
+            if new {
+                self.writer.add_item(c.id, c.body).await?;
+            }
+            chunks.push(ChunkRef {
+                id: c.id,
+                len: c.len,
+            });
+        }
+        Ok((f.size, chunks))
+    }
+
+    /// Whether `id` is in this batch or the one committing before it.
+    fn queued(&self, id: &ChunkId) -> bool {
+        self.writer.pending.contains(id) || self.earlier.contains(id)
+    }
+
+    /// Whether the catalog lacks a live blob of `id`.
+    fn not_in_catalog(&self, id: &ChunkId) -> Result<bool> {
+        let catalog = &self.t.repo.inner.catalog;
+        Ok(catalog.blob_for_dedup(&self.t.name, id)?.is_none())
     }
 
     /// Adds the local file at `local` with its mtime and permissions.
@@ -1271,19 +1452,25 @@ impl<'a> Batch<'a> {
         let size = match &file {
             LocalFile::Whole { data, .. } => data.len() as u64,
             LocalFile::Stream { file, .. } => file.metadata().map(|m| m.len()).unwrap_or(0),
+            LocalFile::Prepared { file, .. } => file.size,
         };
         self.check_quota(size)?;
         match file {
             LocalFile::Whole { meta, data, .. } => {
                 let chunker =
-                    AsyncChunker::from_bytes(self.t.repo.inner.config.chunker, Bytes::from(data));
+                    AsyncChunker::from_bytes(self.t.repo.inner.config.chunker, Bytes::from(data))
+                        .map(|c| FileChunks::Chunker(Box::new(c)));
                 self.add_chunked(path, chunker, meta).await
             }
             LocalFile::Stream { meta, file, .. } => {
                 let inner = &self.t.repo.inner;
                 let chunker = AsyncChunker::from_file(inner.config.chunker, file)
-                    .map(|c| c.pooled(inner.windows.clone()));
+                    .map(|c| FileChunks::Chunker(Box::new(c.pooled(inner.windows.clone()))));
                 self.add_chunked(path, chunker, meta).await
+            }
+            LocalFile::Prepared { meta, file } => {
+                self.add_chunked::<tokio::io::Empty>(path, Ok(FileChunks::Prepared(file)), meta)
+                    .await
             }
         }
     }
@@ -1394,6 +1581,7 @@ impl<'a> Batch<'a> {
         })
         .await
         .map_err(join_err)??;
+        self.t.repo.inner.count_blob_commit();
         self.t.meter_write(
             bytes,
             added as i64 - replaced as i64,
@@ -1413,7 +1601,7 @@ fn seal_pack(
     seal_key: &asheville_core::keys::SealKey,
     tenant: &str,
     id: PackId,
-    mut rx: tokio::sync::mpsc::Receiver<Vec<(ChunkId, Bytes)>>,
+    mut rx: tokio::sync::mpsc::Receiver<Vec<(ChunkId, PackItem)>>,
 ) -> Result<SealedPack> {
     let inner = &repo.inner;
     // Room for the largest pack; a trailer of very many blobs may grow it.
@@ -1424,9 +1612,12 @@ fn seal_pack(
     data.resize(lead, 0);
     let mut entries = Vec::new();
     while let Some(handful) = rx.blocking_recv() {
-        for (cid, chunk) in handful {
+        for (cid, item) in handful {
             let at = data.len();
-            sealer.seal_into(&cid, &chunk, &mut data)?;
+            match item {
+                PackItem::Plain(chunk) => sealer.seal_into(&cid, &chunk, &mut data)?,
+                PackItem::Sealed(blob) => data.extend_from_slice(&blob),
+            }
             entries.push(TrailerEntry {
                 id: cid,
                 offset: (at - lead) as u64,
@@ -1494,7 +1685,9 @@ async fn record_packs(t: &Tenant, packs: Vec<RecordedPack>, moving: bool) -> Res
     let catalog = t.repo.inner.catalog.clone();
     tokio::task::spawn_blocking(move || catalog.commit_packs(&packs, moving))
         .await
-        .map_err(join_err)?
+        .map_err(join_err)??;
+    t.repo.inner.count_blob_commit();
+    Ok(())
 }
 
 /// A pack whose shards are written but not yet synced nor recorded.
@@ -1616,6 +1809,141 @@ pub fn local_meta(m: &std::fs::Metadata) -> FileMeta {
 }
 
 impl Tenant {
+    /// Opens (and reads, when small) `paths` in one blocking call, as
+    /// [`LocalFile::open_group`] does, and prepares each file read whole
+    /// for [`Batch::add_local`]: cuts it, hashes its chunks and seals each
+    /// chunk the catalog lacks. A caller that runs this ahead (as
+    /// [`crate::tree::put_tree`] does) moves that work, compression above
+    /// all, off the batch's path: it runs while the batch waits for its
+    /// packs to be written. A chunk sealed here and stored meanwhile by
+    /// another writer is stored twice; nothing is lost.
+    pub async fn open_group(
+        &self,
+        paths: Vec<std::path::PathBuf>,
+    ) -> Result<Vec<Result<LocalFile>>> {
+        let t = self.clone();
+        tokio::task::spawn_blocking(move || t.open_group_blocking(paths))
+            .await
+            .map_err(join_err)
+    }
+
+    /// See [`Tenant::open_group`]. The group's small files are read, one
+    /// after the other, into one buffer, and their blobs sealed into
+    /// another that they share: a few allocations a group, not a few a
+    /// file.
+    fn open_group_blocking(&self, paths: Vec<std::path::PathBuf>) -> Vec<Result<LocalFile>> {
+        let mut group = GroupPrep {
+            keys: key_check(&self.keys),
+            looked_up: self.repo.inner.blob_commits(),
+            sealed: HashSet::new(),
+            blobs: Vec::new(),
+        };
+        let mut data = Vec::new();
+        let staged: Vec<_> = paths
+            .iter()
+            .map(|p| match LocalFile::open_into(p, &mut data)? {
+                Err(file) => Ok(Err(file)),
+                Ok(meta) => self.prepare(&data, &mut group).map(|f| Ok((meta, f))),
+            })
+            .collect();
+        let blobs = Bytes::from(group.blobs);
+        let (keys, looked_up) = (group.keys, group.looked_up);
+        staged
+            .into_iter()
+            .map(|f| {
+                Ok(match f? {
+                    Err(file) => file,
+                    Ok((meta, (size, chunks))) => LocalFile::Prepared {
+                        meta,
+                        file: PreparedFile {
+                            keys,
+                            looked_up,
+                            size,
+                            chunks: chunks
+                                .into_iter()
+                                .map(|StagedChunk { id, len, body }| PreparedChunk {
+                                    id,
+                                    len,
+                                    body: match body {
+                                        Staged::Plain(plain) => PackItem::Plain(plain),
+                                        Staged::Sealed(at) => PackItem::Sealed(blobs.slice(at)),
+                                    },
+                                })
+                                .collect(),
+                        },
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// [`Tenant::open_group`] for each of `groups`, in order, on a thread
+    /// of its own that runs up to `ahead` groups ahead of the receiver.
+    /// In order, so that the group the caller waits for is never behind
+    /// the ones after it (as it was with groups opened concurrently on
+    /// the blocking pool); on a thread of its own, as a pack's sealing
+    /// thread is, so that it holds none of the blocking pool's threads.
+    /// It stops when the receiver is dropped.
+    pub(crate) fn open_ahead(
+        &self,
+        groups: Vec<Vec<std::path::PathBuf>>,
+        ahead: usize,
+    ) -> Result<tokio::sync::mpsc::Receiver<Vec<Result<LocalFile>>>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(ahead.max(1));
+        let t = self.clone();
+        std::thread::Builder::new()
+            .name("asheville-open".into())
+            .spawn(move || {
+                for g in groups {
+                    if tx.blocking_send(t.open_group_blocking(g)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| Error::io("cannot start the thread that reads files ahead", e))?;
+        Ok(rx)
+    }
+
+    /// Cuts `data` (a small file), hashes its chunks and seals those
+    /// that are neither in the catalog nor sealed for the group already
+    /// into `group.blobs`; returns the file's size and chunks.
+    fn prepare(&self, data: &[u8], group: &mut GroupPrep) -> Result<(u64, Vec<StagedChunk>)> {
+        let config = &self.repo.inner.config.chunker;
+        let ranges = if data.len() <= config.min_size as usize {
+            // One chunk, or none for an empty file.
+            std::iter::once(0..data.len()).collect()
+        } else {
+            asheville_core::chunker::chunk_slice(config, data)?
+        };
+        let mut chunks = Vec::with_capacity(ranges.len());
+        for r in ranges.into_iter().filter(|r| !r.is_empty()) {
+            let plain = &data[r];
+            let id = self.keys.chunk_id(plain);
+            let stored = group.sealed.contains(&id)
+                || self
+                    .repo
+                    .inner
+                    .catalog
+                    .blob_for_dedup(&self.name, &id)?
+                    .is_some();
+            let body = if stored {
+                // Rare: kept to be stored should it be needed after all.
+                Staged::Plain(Bytes::copy_from_slice(plain))
+            } else {
+                let at = group.blobs.len();
+                self.sealer.seal_into(&id, plain, &mut group.blobs)?;
+                group.sealed.insert(id);
+                Staged::Sealed(at..group.blobs.len())
+            };
+            chunks.push(StagedChunk {
+                id,
+                len: plain.len() as u32,
+                body,
+            });
+        }
+        Ok((data.len() as u64, chunks))
+    }
+
     /// Writes a journal record of `ops` to every backend (see [`crate::journal`]).
     async fn write_journal(
         &self,

@@ -1524,3 +1524,54 @@ async fn creating_a_repository_makes_the_shard_directories_of_its_local_backends
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_prepared_ahead_are_stored_once_read_back_and_kept_to_their_tenant() {
+    use asheville_storage::repository::LocalFile;
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, t) = temp_repo(dir.path(), 3, "rs(2,1)", |_| {}).await;
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    // One chunk twice (sealed once), several chunks (cut ahead: the test
+    // chunker's min is 16 KiB), and an empty file.
+    let small = random(10_000, 1);
+    let mid = random(700_000, 2);
+    let files: [(&str, &[u8]); 4] = [("a", &small), ("b", &small), ("c", &mid), ("d", &[])];
+    for (name, body) in files {
+        std::fs::write(src.join(name), body).unwrap();
+    }
+    let paths: Vec<_> = files.iter().map(|(n, _)| src.join(n)).collect();
+    let mid_chunks = asheville_core::chunk_slice(&repo.config().chunker, &mid)
+        .unwrap()
+        .len();
+    assert!(mid_chunks > 1);
+    let blobs = || repo.catalog().tenant_blobs("acme").unwrap().len();
+    for round in 0..2 {
+        let opened = t.open_group(paths.clone()).await.unwrap();
+        let mut batch = t.batch();
+        for ((name, _), f) in files.iter().zip(opened) {
+            let f = f.unwrap();
+            assert!(matches!(f, LocalFile::Prepared { .. }), "{name}: {f:?}");
+            batch.add_local(&format!("p/{name}"), f).await.unwrap();
+        }
+        batch.commit().await.unwrap();
+        // The second round finds every chunk stored and stores none again.
+        assert_eq!(blobs(), 1 + mid_chunks, "round {round}");
+        for (name, body) in files {
+            assert_eq!(get(&t, &format!("p/{name}")).await, body, "round {round}");
+        }
+    }
+    // Another tenant's batch refuses what this tenant prepared: its chunk
+    // ids and blobs are of this tenant's keys.
+    let other = repo
+        .create_tenant("other", TenantKey::Passphrase("po".into()))
+        .await
+        .unwrap();
+    let mut f = t.open_group(vec![paths[0].clone()]).await.unwrap();
+    let e = other
+        .batch()
+        .add_local("p/a", f.pop().unwrap().unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+}
