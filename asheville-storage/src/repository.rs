@@ -1445,8 +1445,10 @@ impl<'a> Batch<'a> {
         self.add_local(path, opened).await
     }
 
-    /// Adds a file opened with [`LocalFile::open`] (which callers may run
-    /// ahead, concurrently, to hide the latency of opening many files).
+    /// Adds a file opened with [`LocalFile::open`] or, prepared as well,
+    /// with [`Tenant::open_group`] (which callers may run ahead,
+    /// concurrently, to hide the latency of opening many files and the
+    /// work of sealing small ones).
     pub async fn add_local(&mut self, path: &str, file: LocalFile) -> Result<()> {
         // The size is known: refuse before reading or writing anything.
         let size = match &file {
