@@ -125,13 +125,6 @@ struct GroupPrep {
     blobs: Vec<u8>,
 }
 
-/// A prepared chunk until its group's blobs are all sealed.
-struct StagedChunk {
-    id: ChunkId,
-    len: u32,
-    body: Staged,
-}
-
 /// A prepared chunk's body until its group's blobs are all sealed.
 enum Staged {
     Plain(Bytes),
@@ -139,10 +132,22 @@ enum Staged {
     Sealed(std::ops::Range<usize>),
 }
 
-struct PreparedChunk {
+impl Staged {
+    /// The body, once the group's blobs are `blobs`.
+    fn into_item(self, blobs: &Bytes) -> PackItem {
+        match self {
+            Staged::Plain(plain) => PackItem::Plain(plain),
+            Staged::Sealed(at) => PackItem::Sealed(blobs.slice(at)),
+        }
+    }
+}
+
+/// A prepared chunk: its body staged (`Staged`) while its group is
+/// prepared, then ready for a pack.
+struct PreparedChunk<B = PackItem> {
     id: ChunkId,
     len: u32,
-    body: PackItem,
+    body: B,
 }
 
 impl std::fmt::Debug for PreparedFile {
@@ -1435,8 +1440,7 @@ impl<'a> Batch<'a> {
 
     /// Whether the catalog lacks a live blob of `id`.
     fn not_in_catalog(&self, id: &ChunkId) -> Result<bool> {
-        let catalog = &self.t.repo.inner.catalog;
-        Ok(catalog.blob_for_dedup(&self.t.name, id)?.is_none())
+        Ok(!self.t.has_blob(id)?)
     }
 
     /// Adds the local file at `local` with its mtime and permissions.
@@ -1848,8 +1852,18 @@ impl Tenant {
                 Ok(meta) => self.prepare(&data, &mut group).map(|f| Ok((meta, f))),
             })
             .collect();
-        let blobs = Bytes::from(group.blobs);
-        let (keys, looked_up) = (group.keys, group.looked_up);
+        let GroupPrep {
+            keys,
+            looked_up,
+            blobs,
+            ..
+        } = group;
+        let blobs = Bytes::from(blobs);
+        let ready = |c: PreparedChunk<Staged>| PreparedChunk {
+            id: c.id,
+            len: c.len,
+            body: c.body.into_item(&blobs),
+        };
         staged
             .into_iter()
             .map(|f| {
@@ -1861,17 +1875,7 @@ impl Tenant {
                             keys,
                             looked_up,
                             size,
-                            chunks: chunks
-                                .into_iter()
-                                .map(|StagedChunk { id, len, body }| PreparedChunk {
-                                    id,
-                                    len,
-                                    body: match body {
-                                        Staged::Plain(plain) => PackItem::Plain(plain),
-                                        Staged::Sealed(at) => PackItem::Sealed(blobs.slice(at)),
-                                    },
-                                })
-                                .collect(),
+                            chunks: chunks.into_iter().map(ready).collect(),
                         },
                     },
                 })
@@ -1906,10 +1910,21 @@ impl Tenant {
         Ok(rx)
     }
 
+    /// Whether the catalog has a live blob (in no condemned pack) of `id`
+    /// for this tenant: what dedup stores no chunk again for.
+    fn has_blob(&self, id: &ChunkId) -> Result<bool> {
+        let catalog = &self.repo.inner.catalog;
+        Ok(catalog.blob_for_dedup(&self.name, id)?.is_some())
+    }
+
     /// Cuts `data` (a small file), hashes its chunks and seals those
     /// that are neither in the catalog nor sealed for the group already
     /// into `group.blobs`; returns the file's size and chunks.
-    fn prepare(&self, data: &[u8], group: &mut GroupPrep) -> Result<(u64, Vec<StagedChunk>)> {
+    fn prepare(
+        &self,
+        data: &[u8],
+        group: &mut GroupPrep,
+    ) -> Result<(u64, Vec<PreparedChunk<Staged>>)> {
         let config = &self.repo.inner.config.chunker;
         let ranges = if data.len() <= config.min_size as usize {
             // One chunk, or none for an empty file.
@@ -1921,13 +1936,7 @@ impl Tenant {
         for r in ranges.into_iter().filter(|r| !r.is_empty()) {
             let plain = &data[r];
             let id = self.keys.chunk_id(plain);
-            let stored = group.sealed.contains(&id)
-                || self
-                    .repo
-                    .inner
-                    .catalog
-                    .blob_for_dedup(&self.name, &id)?
-                    .is_some();
+            let stored = group.sealed.contains(&id) || self.has_blob(&id)?;
             let body = if stored {
                 // Rare: kept to be stored should it be needed after all.
                 Staged::Plain(Bytes::copy_from_slice(plain))
@@ -1937,7 +1946,7 @@ impl Tenant {
                 group.sealed.insert(id);
                 Staged::Sealed(at..group.blobs.len())
             };
-            chunks.push(StagedChunk {
+            chunks.push(PreparedChunk {
                 id,
                 len: plain.len() as u32,
                 body,
