@@ -879,7 +879,7 @@ struct OpenPack {
     id: PackId,
     tx: tokio::sync::mpsc::Sender<Vec<(ChunkId, PackItem)>>,
     /// Chunks not yet sent to the sealing thread, their bytes, and how
-    /// many are shorter than the chunker's `min_size`.
+    /// many are plain and shorter than the chunker's `min_size`.
     handful: Vec<(ChunkId, PackItem)>,
     handful_bytes: usize,
     handful_small: usize,
@@ -956,12 +956,22 @@ impl crate::backend::MadeObject for ParityObject {
     }
 }
 
-/// A handful with at least this many chunks shorter than the chunker's
-/// `min_size` (whole small files) makes the next handful go to the other
-/// open pack: compressing small text is what bounds a run of small files,
-/// and two packs seal on two threads. The chunks of large files stay in
-/// one pack, together for their restore. Put of the peers set's 20,000
-/// small files (CLI, 8 alternating rounds): median 1.33 -> 1.15 s.
+/// A handful with at least this many plain chunks shorter than the
+/// chunker's `min_size` (whole small files, still to be compressed) makes
+/// the next handful go to the other open pack: compressing small text is
+/// what bounds a run of small files, and two packs seal on two threads.
+/// The chunks of large files stay in one pack, together for their
+/// restore. Put of the peers set's 20,000 small files (CLI, 8 alternating
+/// rounds): median 1.33 -> 1.15 s.
+///
+/// Chunks sealed ahead ([`Tenant::open_group`], as a put prepares small
+/// files) do not count: they are only copied into the pack, and two packs
+/// filling at once hold two of the `packs_in_flight` permits, leaving one
+/// pack to upload while the disk is the bottleneck. Counting them, a put of
+/// the peers set kept both packs open through its small files: with them
+/// not counted, medians of 8 alternating rounds went 1.790 -> 1.675 s
+/// (`rs(2,1)`), and of 5, 1.94 -> 1.79 s (`rs(4,2)` over 6 backends),
+/// the same bytes stored (issue 9's note).
 const SPLIT_HANDFUL_CHUNKS: usize = 8;
 
 /// One of the two packs a write fills at once.
@@ -974,8 +984,8 @@ struct Lane {
 
 /// The open packs of a write and the uploads in flight.
 ///
-/// A write fills one pack at a time, except during runs of small chunks,
-/// which alternate handfuls between two packs (see
+/// A write fills one pack at a time, except during runs of small chunks
+/// still to be compressed, which alternate handfuls between two packs (see
 /// [`SPLIT_HANDFUL_CHUNKS`]).
 struct PackWriter<'a> {
     t: &'a Tenant,
@@ -1023,9 +1033,11 @@ impl<'a> PackWriter<'a> {
                 chunk.len(),
                 chunk.len() < self.t.repo.inner.config.chunker.min_size as usize,
             ),
+            // Sealed already: nothing is left to compress, so it never
+            // sends handfuls to the other pack (see SPLIT_HANDFUL_CHUNKS).
             PackItem::Sealed(blob) => (
                 blob.len().saturating_sub(asheville_core::seal::OVERHEAD),
-                true,
+                false,
             ),
         };
         // A pack is closed before a chunk would take it past the pack

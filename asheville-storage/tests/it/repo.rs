@@ -1525,6 +1525,62 @@ async fn creating_a_repository_makes_the_shard_directories_of_its_local_backends
         .unwrap();
 }
 
+/// Small files sealed ahead are only copied into their pack: they fill one
+/// pack at a time, where small files still to be compressed alternate
+/// handfuls between two packs sealing on two threads.
+#[tokio::test]
+async fn small_files_sealed_ahead_fill_one_pack_at_a_time() {
+    use asheville_storage::repository::LocalFile;
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, t) = temp_repo(dir.path(), 3, "rs(2,1)", |c| c.pack_size = 8 << 20).await;
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    // 3 MB of files under the chunker's min (16 KiB), random so that they
+    // are stored as they are: three handfuls' worth, in a pack's room.
+    let paths: Vec<_> = (0..300u64)
+        .map(|i| {
+            let p = src.join(format!("f{i:03}"));
+            std::fs::write(&p, random(10_000, 100 + i)).unwrap();
+            p
+        })
+        .collect();
+    let packs = || {
+        let blobs = repo.catalog().tenant_blobs("acme").unwrap();
+        let packs: std::collections::HashSet<_> = blobs.iter().map(|b| b.1.pack).collect();
+        (blobs.len(), packs.len())
+    };
+    // Prepared (sealed ahead): one pack.
+    let mut batch = t.batch();
+    for group in paths.chunks(64) {
+        for (p, f) in group
+            .iter()
+            .zip(t.open_group(group.to_vec()).await.unwrap())
+        {
+            let f = f.unwrap();
+            assert!(matches!(f, LocalFile::Prepared { .. }), "{f:?}");
+            let name = p.file_name().unwrap().to_string_lossy();
+            batch.add_local(&format!("sealed/{name}"), f).await.unwrap();
+        }
+    }
+    batch.commit().await.unwrap();
+    assert_eq!(packs(), (300, 1));
+    // The same sizes read and sealed by the batch (new bodies, so that
+    // they are stored again): two packs, sealed side by side.
+    let mut batch = t.batch();
+    for (i, p) in paths.iter().enumerate() {
+        std::fs::write(p, random(10_000, 1_000 + i as u64)).unwrap();
+        let f = LocalFile::open(p.clone()).await.unwrap();
+        assert!(!matches!(f, LocalFile::Prepared { .. }));
+        batch.add_local(&format!("plain/f{i:03}"), f).await.unwrap();
+    }
+    batch.commit().await.unwrap();
+    assert_eq!(packs(), (600, 3));
+    for (i, p) in paths.iter().enumerate().step_by(37) {
+        let body = std::fs::read(p).unwrap();
+        assert_eq!(get(&t, &format!("plain/f{i:03}")).await, body);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_prepared_ahead_are_stored_once_read_back_and_kept_to_their_tenant() {
     use asheville_storage::repository::LocalFile;
