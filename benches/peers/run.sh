@@ -66,6 +66,22 @@ trap '[ -d "$WORK/saved" ] && python3 "$ROOT/benches/peers/dataset.py" --revert 
 python3 "$ROOT/benches/peers/dataset.py" "$WORK/data" "$MB"
 DATA_BYTES=$(du -sb --exclude=.done "$WORK/data" | cut -f1)
 DATA_FILES=$(find "$WORK/data" -type f ! -name .done | wc -l)
+# Every restore and repository stays until the run ends (see above): refuse
+# to start without room for them all, rather than fail at the last restore.
+# A restore is the dataset; a repository at most about 0.75 of it (1.55
+# for asheville's rs(2,1) and rs(4,2), parity included, were nothing
+# compressed or deduplicated); 2 GiB to spare. The defaults ask for ~43 GiB
+# and used ~37.
+need=$((2 << 30))
+for t in $TOOLS; do
+  case $t in asheville|asheville-rs42) pct=255 ;; *) pct=175 ;; esac
+  need=$(( need + ROUNDS * (DATA_BYTES / 100) * pct ))
+done
+avail=$(df --output=avail -B1 "$WORK" | tail -1)
+if [ "$avail" -lt "$need" ]; then
+  echo "not enough room under $WORK for $ROUNDS rounds of: $TOOLS: about $(( need >> 30 )) GiB needed, $(( avail >> 30 )) GiB free (PEERS_DIR, PEERS_ROUNDS and PEERS_TOOLS change it)" >&2
+  exit 1
+fi
 RESULTS="$WORK/results.csv"
 echo "tool,round,step,wall_s,cpu_s,rss_kb,repo_bytes,repo_objects,bytes" > "$RESULTS"
 
