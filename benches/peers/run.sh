@@ -68,10 +68,10 @@ DATA_BYTES=$(du -sb --exclude=.done "$WORK/data" | cut -f1)
 DATA_FILES=$(find "$WORK/data" -type f ! -name .done | wc -l)
 # Every restore and repository stays until the run ends (see above): refuse
 # to start without room for them all, rather than fail at the last restore.
-# A restore is the dataset; a repository at most about 0.75 of it (1.55
-# for asheville's rs(2,1) and rs(4,2), parity included, were nothing
-# compressed or deduplicated); 2 GiB to spare. The defaults ask for ~43 GiB
-# and used ~37.
+# A restore is the dataset; a repository is taken as 0.75 of it (this
+# dataset compresses and deduplicates to ~0.71), and as 1.55 for
+# asheville's rs(2,1) and rs(4,2) (their parity on data that would not
+# compress); 2 GiB to spare. The defaults ask for ~43 GiB and used ~37.
 need=$((2 << 30))
 for t in $TOOLS; do
   case $t in asheville|asheville-rs42) pct=255 ;; *) pct=175 ;; esac
