@@ -725,6 +725,7 @@ impl Repository {
         Ok(Tenant {
             repo: self.clone(),
             name: name.to_owned(),
+            key_check: key_check(&keys),
             keys,
             sealer,
             meter: None,
@@ -840,6 +841,8 @@ impl Namespace {
 pub struct Tenant {
     repo: Repository,
     name: String,
+    /// [`key_check`] of `keys`, which files prepared ahead carry.
+    key_check: [u8; 32],
     keys: TenantKeys,
     sealer: Sealer,
     meter: Option<Arc<dyn crate::metering::MeterStore>>,
@@ -1413,7 +1416,7 @@ impl<'a> Batch<'a> {
     /// are not stored yet: [`Batch::add_chunks`] with the work done.
     async fn add_prepared(&mut self, f: PreparedFile) -> Result<(u64, Vec<ChunkRef>)> {
         // Its chunk ids and blobs are of the keys that prepared it.
-        if f.keys != key_check(&self.t.keys) {
+        if f.keys != self.t.key_check {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
                 "a file prepared by another tenant or repository",
@@ -1851,7 +1854,7 @@ impl Tenant {
     /// file.
     fn open_group_blocking(&self, paths: Vec<std::path::PathBuf>) -> Vec<Result<LocalFile>> {
         let mut group = GroupPrep {
-            keys: key_check(&self.keys),
+            keys: self.key_check,
             looked_up: self.repo.inner.blob_commits(),
             sealed: HashSet::new(),
             blobs: Vec::new(),
