@@ -936,6 +936,41 @@ async fn a_restore_batch_gives_every_file_its_bytes_when_files_share_a_chunk() {
     assert_same_tree(&src, &out);
 }
 
+/// A restore hands the places of whichever kind runs out first (small-file
+/// batches of 512 or large files) to the other: every file of both kinds
+/// lands whole, whichever outlasts the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_lands_every_file_whichever_kind_runs_out_first() {
+    use asheville_storage::tree::{NoProgress, PutOptions, get_tree, put_tree};
+    let dir = tempfile::tempdir().unwrap();
+    let (_repo, t) = temp_repo(dir.path(), 3, "rs(2,1)", |_| {}).await;
+    // Many small files and two large ones (the large run out first), then
+    // a few small ones and ten large ones (the small run out first).
+    for (name, small, large) in [("many-small", 1_800, 2), ("many-large", 40, 10)] {
+        let src = dir.path().join(name);
+        for i in 0..small {
+            let sub = src.join(format!("d{}", i % 7));
+            std::fs::create_dir_all(&sub).unwrap();
+            std::fs::write(sub.join(format!("s{i}")), random(200 + i % 900, i as u64)).unwrap();
+        }
+        for i in 0..large {
+            std::fs::write(
+                src.join(format!("large{i}")),
+                random((1 << 20) + 4_096 * (i + 1), 10_000 + i as u64),
+            )
+            .unwrap();
+        }
+        let remote = format!("/{name}");
+        put_tree(&t, &src, &remote, PutOptions::default(), &NoProgress)
+            .await
+            .unwrap();
+        let out = dir.path().join(format!("out-{name}"));
+        let r = get_tree(&t, &remote, &out, &NoProgress).await.unwrap();
+        assert_eq!(r.files, (small + large) as u64, "{name}");
+        assert_same_tree(&src, &out);
+    }
+}
+
 /// A repository (`rs(2,1)`, a read cache of `cache_bytes`) holding
 /// [`small_file_tree`] of `n` files under `/tree`, restored once to `out`
 /// and checked: (repository, tenant, source, out).
