@@ -796,8 +796,9 @@ const LARGE_AT_ONCE: usize = 4;
 /// alternating rounds outside it the gain came and went (0.86 against
 /// 0.94 s over 5 rounds, 0.93 against 0.88 s over 5 others). Six places
 /// at most: a small batch holds at most [`BATCH_BYTES`] and a large file
-/// a few chunks, so memory stays within what the places held before
-/// (peak RSS 90-93 MiB either way).
+/// a few chunks, so memory stays about what the places held before (six
+/// large files at once may hold a few chunks more than four and two
+/// batches; peak RSS 90-93 MiB either way).
 fn start_next(left: (usize, usize), on: (usize, usize)) -> Option<Next> {
     if on.0 + on.1 >= SMALL_AT_ONCE + LARGE_AT_ONCE {
         return None;
