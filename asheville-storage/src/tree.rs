@@ -786,11 +786,12 @@ const LARGE_AT_ONCE: usize = 4;
 /// [`LARGE_AT_ONCE`] files run at once, and once either kind has nothing
 /// left to start, the other takes the places it frees.
 ///
-/// With fixed places, a cold restore of the peers set (CLI, after
-/// `drop_caches`) finished its last large file 0.61 s after its
-/// directories were made, then created small files alone, two batches at
-/// once, until 0.73 s, one core mostly idle; with places taken over, both
-/// kinds ended at 0.77-0.78 s of a shorter restore. In `benches/peers`
+/// With fixed places, cold restores of the peers set (CLI, after
+/// `drop_caches`, 3 alternating rounds) finished their last large file
+/// 0.55-0.58 s after their directories were made, then created small
+/// files alone, two batches at once, until 0.70-0.72 s, one core mostly
+/// idle; with places taken over, both kinds ended together at 0.64-0.68 s
+/// (whole restores 0.81-0.84 s against 0.84-0.86 s). In `benches/peers`
 /// (two runs of 3 rounds, each beside the build before), restores took
 /// 0.81-0.95 s (median 0.84) against 0.88-0.96 s (median 0.90); in
 /// alternating rounds outside it the gain came and went (0.86 against
