@@ -746,24 +746,23 @@ async fn restore_planned(
                 Next::Small => {
                     let Some(b) = small.next() else { break };
                     small_on += 1;
-                    let batch = restore_batch(t, b, umask).map(|r| (true, r));
+                    let batch = restore_batch(t, b, umask).map(|r| (Next::Small, r));
                     running.push(futures::future::Either::Left(batch));
                 }
                 Next::Large => {
                     let Some(group) = large.next() else { break };
                     large_on += 1;
-                    let file = restore_file(t, group, &mode).map(|r| (false, r));
+                    let file = restore_file(t, group, &mode).map(|r| (Next::Large, r));
                     running.push(futures::future::Either::Right(file));
                 }
             }
         }
-        let Some((was_small, r)) = running.next().await else {
+        let Some((done, r)) = running.next().await else {
             break;
         };
-        if was_small {
-            small_on -= 1;
-        } else {
-            large_on -= 1;
+        match done {
+            Next::Small => small_on -= 1,
+            Next::Large => large_on -= 1,
         }
         for fv in r? {
             report.files += 1;
@@ -802,21 +801,10 @@ const LARGE_AT_ONCE: usize = 4;
 /// batches; peak RSS 90-93 MiB either way).
 fn start_next(left: (usize, usize), on: (usize, usize)) -> Option<Next> {
     if on.0 + on.1 >= SMALL_AT_ONCE + LARGE_AT_ONCE {
-        return None;
-    }
-    let small_cap = if left.1 == 0 {
-        usize::MAX
-    } else {
-        SMALL_AT_ONCE
-    };
-    let large_cap = if left.0 == 0 {
-        usize::MAX
-    } else {
-        LARGE_AT_ONCE
-    };
-    if left.0 > 0 && on.0 < small_cap {
+        None
+    } else if left.0 > 0 && (left.1 == 0 || on.0 < SMALL_AT_ONCE) {
         Some(Next::Small)
-    } else if left.1 > 0 && on.1 < large_cap {
+    } else if left.1 > 0 && (left.0 == 0 || on.1 < LARGE_AT_ONCE) {
         Some(Next::Large)
     } else {
         None
