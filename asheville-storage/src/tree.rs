@@ -19,12 +19,30 @@ use crate::sink::{Sink, WriteMode};
 /// [`put_tree`]'s read-ahead.
 const OPEN_GROUP_FILES: usize = 64;
 /// Bytes of small files read per group of [`put_tree`]'s read-ahead.
-const OPEN_GROUP_BYTES: u64 = 1 << 20;
+const OPEN_GROUP_BYTES: u64 = 512 << 10;
 /// Groups of files read (and prepared) ahead of the one being stored: at
-/// most 12 MiB of small files, as 3 groups of 4 MiB were before, but ~770
-/// files of ~10 KB instead of ~190, enough to run ahead through the small
-/// files that [`interleave`] puts between two large ones.
-const OPEN_GROUPS_AHEAD: usize = 12;
+/// most 12 MiB of small files, as 12 groups of 1 MiB and 3 of 4 MiB were
+/// before, but ~1,400 files of ~10 KB instead of ~770 and ~190.
+///
+/// The thread that prepares small files (reads, compresses, seals) runs
+/// ahead while large files are written, and is what the put waits for
+/// where large files need little work: a large file whose chunks are all
+/// stored already is only read, cut and hashed. In the peers set, the
+/// copies of large files came in a run (0.52-0.76 s of a 1.48 s put):
+/// there the small files' thread ran 56-86% of the time, the main thread
+/// 32-44%, the blocking pool (reader, writes) 46-64%, and 11-27% of the
+/// two cores were idle
+/// (`perf sched timehist`). With twice the files ahead, CLI puts of the
+/// peers set (`rs(2,1)`, alternating rounds, medians) took 1.355 s
+/// against 1.430 (8 rounds, these groups), and with 24 groups of 1 MiB
+/// 1.345 against 1.510 (6 rounds), 1.335 against 1.440 and 1.315 against
+/// 1.365 (8 rounds each; 6 of 8 rounds faster in each), for 3-5 MiB more
+/// peak RSS (115-116 against 111-112 MiB). The same ~770 files ahead in
+/// 24 groups of 32 files gained nothing (1.440 s), nor did 32 groups
+/// (1.315 s, beside 24's 1.315) or 48 (1.385, beside 24's 1.335), which
+/// peaked at 123 and 127 MiB; a second thread preparing every other
+/// group did no better (1.420 and 1.445 s).
+const OPEN_GROUPS_AHEAD: usize = 24;
 
 /// Progress of a long operation; every method has a no-op default.
 pub trait Progress: Send + Sync {
