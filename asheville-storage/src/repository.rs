@@ -74,6 +74,13 @@ pub const WHOLE_FILE_LIMIT: u64 = 4 << 20;
 /// [`LocalFile::open`]; larger ones stream.
 pub const READ_WHOLE_LIMIT: u64 = 1 << 20;
 
+/// A group's share of the bytes [`Tenant::open_ahead`] may read ahead,
+/// given back when dropped.
+#[derive(Debug)]
+pub(crate) struct OpenedBytes {
+    _share: tokio::sync::OwnedSemaphorePermit,
+}
+
 /// A local file opened for a [`Batch`]: small ones already read.
 #[derive(Debug)]
 pub enum LocalFile {
@@ -1898,25 +1905,44 @@ impl Tenant {
             .collect()
     }
 
-    /// [`Tenant::open_group`] for each of `groups`, in order, on a thread
-    /// of its own that runs up to `ahead` groups ahead of the receiver.
-    /// In order, so that the group the caller waits for is never behind
-    /// the ones after it (as it was with groups opened concurrently on
-    /// the blocking pool); on a thread of its own, as a pack's sealing
-    /// thread is, so that it holds none of the blocking pool's threads.
-    /// It stops when the receiver is dropped.
+    /// [`Tenant::open_group`] for each of `groups` (its paths, and the
+    /// bytes its files up to [`READ_WHOLE_LIMIT`] were listed with), in
+    /// order, on a thread of its own that runs ahead of the receiver by up
+    /// to `ahead` groups and `ahead_bytes` bytes of such files (a group
+    /// with more than that runs alone). Each group comes with its share of
+    /// those bytes, given back when it is dropped. In order, so that the
+    /// group the caller waits for is never behind the ones after it (as it
+    /// was with groups opened concurrently on the blocking pool); on a
+    /// thread of its own, as a pack's sealing thread is, so that it holds
+    /// none of the blocking pool's threads. It stops when the receiver is
+    /// dropped.
     pub(crate) fn open_ahead(
         &self,
-        groups: Vec<Vec<std::path::PathBuf>>,
+        groups: Vec<(Vec<std::path::PathBuf>, u64)>,
         ahead: usize,
-    ) -> Result<tokio::sync::mpsc::Receiver<Vec<Result<LocalFile>>>> {
+        ahead_bytes: u32,
+    ) -> Result<tokio::sync::mpsc::Receiver<(Vec<Result<LocalFile>>, OpenedBytes)>> {
         let (tx, rx) = tokio::sync::mpsc::channel(ahead.max(1));
+        let budget = Arc::new(tokio::sync::Semaphore::new(ahead_bytes.max(1) as usize));
         let t = self.clone();
         std::thread::Builder::new()
             .name("asheville-open".into())
             .spawn(move || {
-                for g in groups {
-                    if tx.blocking_send(t.open_group_blocking(g)).is_err() {
+                for (g, bytes) in groups {
+                    let share = u32::try_from(bytes)
+                        .unwrap_or(u32::MAX)
+                        .clamp(1, ahead_bytes.max(1));
+                    // Not on a runtime thread: blocking here is what it is for.
+                    let Ok(permit) =
+                        futures::executor::block_on(budget.clone().acquire_many_owned(share))
+                    else {
+                        return;
+                    };
+                    let opened = t.open_group_blocking(g);
+                    if tx
+                        .blocking_send((opened, OpenedBytes { _share: permit }))
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -2800,6 +2826,66 @@ mod tests {
             assert_eq!(prefix, format!("packs/{}", &hex[..2]));
             assert_eq!(shard_key(&id, 3), format!("{prefix}/{hex}.3"));
         }
+    }
+
+    /// The thread that opens files ahead stops at its byte budget, and
+    /// goes on as groups are taken; a group over the whole budget runs
+    /// alone. With a count of groups as the only bound (100 here), all
+    /// nine would be read at once.
+    #[tokio::test]
+    async fn files_are_opened_ahead_within_their_byte_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = RepoConfig::local(dir.path(), 1, asheville_core::Redundancy::None);
+        config.kdf = asheville_core::KdfParams::INSECURE_FAST_FOR_TESTS;
+        let repo = Repository::create(&dir.path().join("c.redb"), config)
+            .await
+            .unwrap();
+        let t = repo
+            .create_tenant("acme", TenantKey::Passphrase("pw".into()))
+            .await
+            .unwrap();
+        let file = |name: &str, len: usize| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, vec![name.len() as u8; len]).unwrap();
+            p
+        };
+        // Eight groups of 300 KB and, last, one of 2 MB: three of 300 KB
+        // fit in 1 MB, four do not.
+        let mut groups: Vec<_> = (0..8)
+            .map(|i| (vec![file(&format!("f{i}"), 300_000)], 300_000))
+            .collect();
+        groups.push((vec![file("big", 2_000_000)], 2_000_000));
+        let mut rx = t.open_ahead(groups, 100, 1_000_000).unwrap();
+        // Until the thread stops (it must get to three), then a moment
+        // more, in which it would read on were it not held back.
+        let ahead = |rx: &tokio::sync::mpsc::Receiver<_>| rx.len();
+        let waited = std::time::Instant::now();
+        while ahead(&rx) < 3 && waited.elapsed() < std::time::Duration::from_secs(20) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(ahead(&rx), 3);
+        // Taking one lets one more in.
+        let (first, share) = rx.recv().await.unwrap();
+        assert!(matches!(first[..], [Ok(LocalFile::Prepared { .. })]));
+        drop(share);
+        let waited = std::time::Instant::now();
+        while ahead(&rx) < 3 && waited.elapsed() < std::time::Duration::from_secs(20) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(ahead(&rx), 3);
+        // The rest, in order, the large file last.
+        let mut kinds = Vec::new();
+        while let Some((group, _share)) = rx.recv().await {
+            for f in group {
+                kinds.push(matches!(f.unwrap(), LocalFile::Stream { .. }));
+            }
+        }
+        assert_eq!(
+            kinds,
+            [false, false, false, false, false, false, false, true]
+        );
     }
 
     #[test]

@@ -20,9 +20,9 @@ use crate::sink::{Sink, WriteMode};
 const OPEN_GROUP_FILES: usize = 64;
 /// Bytes of small files read per group of [`put_tree`]'s read-ahead.
 const OPEN_GROUP_BYTES: u64 = 512 << 10;
-/// Groups of files read (and prepared) ahead of the one being stored: at
-/// most 12 MiB of small files, as 12 groups of 1 MiB and 3 of 4 MiB were
-/// before, but ~1,400 files of ~10 KB instead of ~770 and ~190.
+/// Groups of files read (and prepared) ahead of the one being stored, up
+/// to [`OPEN_AHEAD_BYTES`] of small files: ~1,400 files of ~10 KB, where
+/// 12 groups of 1 MiB held ~770 and 3 of 4 MiB ~190 before.
 ///
 /// The thread that prepares small files (reads, compresses, seals) runs
 /// ahead while large files are written, and is what the put waits for
@@ -31,18 +31,21 @@ const OPEN_GROUP_BYTES: u64 = 512 << 10;
 /// copies of large files came in a run (0.52-0.76 s of a 1.48 s put):
 /// there the small files' thread ran 56-86% of the time, the main thread
 /// 32-44%, the blocking pool (reader, writes) 46-64%, and 11-27% of the
-/// two cores were idle
-/// (`perf sched timehist`). With twice the files ahead, CLI puts of the
-/// peers set (`rs(2,1)`, alternating rounds, medians) took 1.355 s
-/// against 1.430 (8 rounds, these groups), and with 24 groups of 1 MiB
-/// 1.345 against 1.510 (6 rounds), 1.335 against 1.440 and 1.315 against
-/// 1.365 (8 rounds each; 6 of 8 rounds faster in each), for 3-5 MiB more
-/// peak RSS (115-116 against 111-112 MiB). The same ~770 files ahead in
-/// 24 groups of 32 files gained nothing (1.440 s), nor did 32 groups
-/// (1.315 s, beside 24's 1.315) or 48 (1.385, beside 24's 1.335), which
-/// peaked at 123 and 127 MiB; a second thread preparing every other
-/// group did no better (1.420 and 1.445 s).
+/// two cores were idle (`perf sched timehist`). With twice the files
+/// ahead, CLI puts of the peers set (`rs(2,1)`, alternating rounds,
+/// medians) took 1.355 s against 1.430 (8 rounds, these groups), and
+/// with 24 groups of 1 MiB 1.345 against 1.510 (6 rounds), 1.335 against
+/// 1.440 and 1.315 against 1.365 (8 rounds each; 6 of 8 rounds faster in
+/// each), for 3-5 MiB more peak RSS (115-116 against 111-112 MiB). The
+/// same ~770 files ahead in 24 groups of 32 files gained nothing (1.440
+/// s), nor did 32 groups (1.315 s, beside 24's 1.315) or 48 (1.385,
+/// beside 24's 1.335), which peaked at 123 and 127 MiB; a second thread
+/// preparing every other group did no better (1.420 and 1.445 s).
 const OPEN_GROUPS_AHEAD: usize = 24;
+/// Bytes of small files (as listed) read and prepared ahead at most, as
+/// before: groups hold up to [`OPEN_GROUP_BYTES`], but a file of up to 1
+/// MiB makes a group of its own, and 24 of those would be 24 MiB.
+const OPEN_AHEAD_BYTES: u32 = 12 << 20;
 
 /// Progress of a long operation; every method has a no-op default.
 pub trait Progress: Send + Sync {
@@ -290,24 +293,23 @@ pub async fn put_listed(
     // on (and wake) a thread. Small files are read, and their chunks hashed
     // and sealed there (Tenant::open_group): compressing them runs while
     // the batch waits for its packs to be written, not after.
-    let mut groups: Vec<Vec<PathBuf>> = Vec::new();
-    let mut group_bytes = 0u64;
+    let mut groups: Vec<(Vec<PathBuf>, u64)> = Vec::new();
     for (rel, size, _) in &files {
         let size = if *size <= READ_WHOLE_LIMIT { *size } else { 0 };
         match groups.last_mut() {
-            Some(g) if g.len() < OPEN_GROUP_FILES && group_bytes + size <= OPEN_GROUP_BYTES => {
+            Some((g, group_bytes))
+                if g.len() < OPEN_GROUP_FILES && *group_bytes + size <= OPEN_GROUP_BYTES =>
+            {
                 g.push(root.join(rel));
-                group_bytes += size;
+                *group_bytes += size;
             }
-            _ => {
-                groups.push(vec![root.join(rel)]);
-                group_bytes = size;
-            }
+            _ => groups.push((vec![root.join(rel)], size)),
         }
     }
-    let mut ahead = t.open_ahead(groups, OPEN_GROUPS_AHEAD)?;
+    let mut ahead = t.open_ahead(groups, OPEN_GROUPS_AHEAD, OPEN_AHEAD_BYTES)?;
+    // A group's share of the bytes ahead goes back as it is taken.
     let mut opened = futures::stream::poll_fn(move |cx| ahead.poll_recv(cx))
-        .map(futures::stream::iter)
+        .map(|(group, _share)| futures::stream::iter(group))
         .flatten();
     // Each batch commits while the next one fills, so the pipeline does
     // not drain at every commit; at most one commit is in flight. An error
