@@ -2856,25 +2856,23 @@ mod tests {
             .collect();
         groups.push((vec![file("big", 2_000_000)], 2_000_000));
         let mut rx = t.open_ahead(groups, 100, 1_000_000).unwrap();
-        // Until the thread stops (it must get to three), then a moment
-        // more, in which it would read on were it not held back.
-        let ahead = |rx: &tokio::sync::mpsc::Receiver<_>| rx.len();
-        let waited = std::time::Instant::now();
-        while ahead(&rx) < 3 && waited.elapsed() < std::time::Duration::from_secs(20) {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        // How many groups are ready once the thread stops (it must get to
+        // three), and a moment more, in which it would read on were it
+        // not held back.
+        async fn ahead_when_settled<T>(rx: &tokio::sync::mpsc::Receiver<T>) -> usize {
+            let waited = std::time::Instant::now();
+            while rx.len() < 3 && waited.elapsed() < std::time::Duration::from_secs(20) {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            rx.len()
         }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        assert_eq!(ahead(&rx), 3);
+        assert_eq!(ahead_when_settled(&rx).await, 3);
         // Taking one lets one more in.
         let (first, share) = rx.recv().await.unwrap();
         assert!(matches!(first[..], [Ok(LocalFile::Prepared { .. })]));
         drop(share);
-        let waited = std::time::Instant::now();
-        while ahead(&rx) < 3 && waited.elapsed() < std::time::Duration::from_secs(20) {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        assert_eq!(ahead(&rx), 3);
+        assert_eq!(ahead_when_settled(&rx).await, 3);
         // The rest, in order, the large file last.
         let mut kinds = Vec::new();
         while let Some((group, _share)) = rx.recv().await {
