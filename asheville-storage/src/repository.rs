@@ -1923,7 +1923,8 @@ impl Tenant {
         ahead_bytes: u32,
     ) -> Result<tokio::sync::mpsc::Receiver<(Vec<Result<LocalFile>>, OpenedBytes)>> {
         let (tx, rx) = tokio::sync::mpsc::channel(ahead.max(1));
-        let budget = Arc::new(tokio::sync::Semaphore::new(ahead_bytes.max(1) as usize));
+        let ahead_bytes = ahead_bytes.max(1);
+        let budget = Arc::new(tokio::sync::Semaphore::new(ahead_bytes as usize));
         let t = self.clone();
         std::thread::Builder::new()
             .name("asheville-open".into())
@@ -1931,7 +1932,7 @@ impl Tenant {
                 for (g, bytes) in groups {
                     let share = u32::try_from(bytes)
                         .unwrap_or(u32::MAX)
-                        .clamp(1, ahead_bytes.max(1));
+                        .clamp(1, ahead_bytes);
                     // Not on a runtime thread: blocking here is what it is for.
                     let Ok(permit) =
                         futures::executor::block_on(budget.clone().acquire_many_owned(share))
