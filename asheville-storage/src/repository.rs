@@ -826,6 +826,15 @@ impl Namespace {
         Ok(a)
     }
 
+    /// The latest version of every live file below `dir` (see
+    /// [`Catalog::latest_under`]), on tokio's blocking pool.
+    pub(crate) async fn latest_under(&self, dir: &RepoPath) -> Result<Vec<FileVersion>> {
+        let (catalog, tenant, dir) = (self.catalog.clone(), self.tenant.clone(), dir.clone());
+        tokio::task::spawn_blocking(move || catalog.latest_under(&tenant, &dir))
+            .await
+            .map_err(join_err)?
+    }
+
     /// Where the blobs of `ids` lie (pack, offset), to order reads by; on
     /// tokio's blocking pool, in one catalog transaction.
     pub(crate) async fn blob_positions(

@@ -9,7 +9,7 @@ use asheville_core::ChunkId;
 use futures::{FutureExt, StreamExt};
 
 use crate::catalog::FileMeta;
-use crate::catalog::{Entry, FileVersion};
+use crate::catalog::FileVersion;
 use crate::error::{Error, ErrorKind, Result};
 use crate::path::RepoPath;
 use crate::repository::{Namespace, READ_WHOLE_LIMIT, Repository, Tenant, WHOLE_FILE_LIMIT};
@@ -560,40 +560,19 @@ impl RestorePlan {
             plan.single = Some(fv);
             return Ok(plan);
         }
-        let mut files = Vec::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let page = ns.list(&plan.root, usize::MAX, cursor.as_deref(), 5_000)?;
-            for e in page.entries {
-                if let Entry::File { path, .. } = e {
-                    files.push(path);
-                }
-            }
-            cursor = page.cursor;
-            if cursor.is_none() {
-                break;
-            }
-        }
-        if files.is_empty() {
+        // The versions, split into small files (restored in batches, in
+        // the order their data lies in the packs) and large ones
+        // (streamed). Read in one pass over the catalog: listing the paths
+        // and then looking up each one's version took twice as long.
+        let versions = ns.latest_under(&plan.root).await?;
+        if versions.is_empty() {
             return Err(Error::new(ErrorKind::NotFound, "nothing at this path")
                 .with_context("path", &plan.root));
         }
-        // The versions, split into small files (restored in batches, in
-        // the order their data lies in the packs) and large ones
-        // (streamed). Looked up together (three catalog transactions, not
-        // two per file): 20,000 files took 0.14 s one by one.
-        let paths = files
-            .iter()
-            .map(|p| RepoPath::parse(p))
-            .collect::<Result<Vec<_>>>()?;
-        let versions = ns.stat_many(paths).await?;
         // Large files with the same content (the same chunks) form one
         // group, found by size and first chunk.
         let mut groups: HashMap<(u64, ChunkId), Vec<usize>> = HashMap::new();
-        for (path, fv) in files.into_iter().zip(versions) {
-            let fv = fv.ok_or_else(|| {
-                Error::new(ErrorKind::NotFound, "no such file").with_context("path", &path)
-            })?;
+        for fv in versions {
             let first = match fv.chunks.first() {
                 Some(c) if fv.size > BATCH_FILE_LIMIT => c.id,
                 _ => {
@@ -717,12 +696,20 @@ async fn restore_planned(
                 .collect()
         })
         .collect();
-    // Every directory once, up front.
-    let dirs: std::collections::BTreeSet<PathBuf> = small
+    // Every directory once, up front, found by name (a set of `Path`s,
+    // compared component by component, took 5-8 ms for 20,000 files).
+    let dirs: Vec<PathBuf> = small
         .iter()
-        .map(|(_, _, d)| d)
-        .chain(large.iter().flatten().map(|(_, d)| d))
-        .filter_map(|d| d.parent().map(Path::to_path_buf))
+        .map(|(_, fv, _)| fv)
+        .chain(large.iter().flatten().map(|(fv, _)| fv))
+        .map(|fv| {
+            fv.path[prefix_len..]
+                .rsplit_once('/')
+                .map_or("", |(dir, _)| dir)
+        })
+        .collect::<std::collections::BTreeSet<&str>>()
+        .into_iter()
+        .map(|dir| local.join(dir))
         .collect();
     // The umask, read now: files created with their modes get them less
     // the umask's bits.

@@ -190,6 +190,31 @@ pub trait Catalog: Send + Sync + std::fmt::Debug {
     fn latest_many(&self, tenant: &str, paths: &[RepoPath]) -> Result<Vec<Option<FileVersion>>> {
         paths.iter().map(|p| self.latest(tenant, p)).collect()
     }
+    /// The latest version of every live file below `dir`, at any depth
+    /// (every file of the tenant when `dir` is the root), in path order:
+    /// the files [`Catalog::list`] pages through, with their chunks, in one
+    /// read transaction where the catalog has them.
+    fn latest_under(&self, tenant: &str, dir: &RepoPath) -> Result<Vec<FileVersion>> {
+        let mut paths = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = self.list(tenant, dir, usize::MAX, cursor.as_deref(), 10_000)?;
+            for e in page.entries {
+                if let Entry::File { path, .. } = e {
+                    paths.push(RepoPath::parse(&path)?);
+                }
+            }
+            cursor = page.cursor;
+            if cursor.is_none() {
+                break;
+            }
+        }
+        Ok(self
+            .latest_many(tenant, &paths)?
+            .into_iter()
+            .flatten()
+            .collect())
+    }
     /// [`Catalog::blob`] of each of `ids`, in order (in one read
     /// transaction where the catalog has them).
     fn blobs(&self, tenant: &str, ids: &[ChunkId]) -> Result<Vec<Option<BlobLoc>>> {

@@ -578,6 +578,74 @@ impl Catalog for RedbCatalog {
             .collect()
     }
 
+    /// One pass over the file heads below `dir` and, alongside, over the
+    /// version records (both tables hold a path's keys in the same order):
+    /// each latest version is found by stepping the second scan forward,
+    /// or, past a few older versions, by seeking to it.
+    fn latest_under(&self, tenant: &str, dir: &RepoPath) -> Result<Vec<FileVersion>> {
+        /// Older versions stepped over before seeking instead.
+        const STEPS: usize = 8;
+        let key_prefix = match dir.is_root() {
+            true => format!("{tenant}\0"),
+            false => format!("{tenant}\0{}/", dir.as_str()),
+        };
+        let r = self.db()?.begin_read()?;
+        let files = r.open_table(FILES)?;
+        let versions = r.open_table(VERSIONS)?;
+        let mut scan = versions.range(key_prefix.as_bytes()..)?;
+        let mut at = scan.next().transpose()?;
+        let mut want = Vec::new();
+        let mut out = Vec::new();
+        for item in files.range(key_prefix.as_str()..)? {
+            let (k, v) = item?;
+            let key = k.value();
+            if !key.starts_with(key_prefix.as_str()) {
+                break;
+            }
+            let head: FileHead = dec(v.value())?;
+            if head.deleted {
+                continue;
+            }
+            want.clear();
+            want.extend_from_slice(key.as_bytes());
+            want.push(0);
+            want.extend_from_slice(&head.latest.to_be_bytes());
+            let mut steps = 0;
+            while at
+                .as_ref()
+                .is_some_and(|(vk, _)| vk.value() < want.as_slice())
+            {
+                if steps == STEPS {
+                    scan = versions.range(want.as_slice()..)?;
+                    at = scan.next().transpose()?;
+                    break;
+                }
+                at = scan.next().transpose()?;
+                steps += 1;
+            }
+            let path = &key[tenant.len() + 1..];
+            let fv = match &at {
+                Some((vk, record)) if vk.value() == want.as_slice() => {
+                    dec_version(path, &want, record.value())?
+                }
+                // Not where the order puts it: looked up (and missing, as
+                // `list` reports it).
+                _ => match versions.get(want.as_slice())? {
+                    Some(record) => dec_version(path, &want, record.value())?,
+                    None => {
+                        return Err(Error::new(
+                            ErrorKind::Integrity,
+                            "file head points at a missing version",
+                        )
+                        .with_context("path", path));
+                    }
+                },
+            };
+            out.push(fv);
+        }
+        Ok(out)
+    }
+
     fn blobs(&self, tenant: &str, ids: &[ChunkId]) -> Result<Vec<Option<BlobLoc>>> {
         let r = self.db()?.begin_read()?;
         let t = r.open_table(BLOBS)?;

@@ -1287,6 +1287,88 @@ async fn put_tree_with_one_pack_in_flight_overlaps_batches_without_hanging_and_m
     assert_same_tree(&src, &out);
 }
 
+/// Every live file below a directory, in one pass: what a listing and a
+/// lookup of each listed path give, with old versions, deleted files and
+/// neighbouring names (`d.e`, `d0` sort on either side of `d/`) around.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_under_answers_like_a_listing_and_lookups() {
+    use asheville_storage::RepoPath;
+    use asheville_storage::catalog::Entry;
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, t) = temp_repo(dir.path(), 3, "rs(2,1)", |_| {}).await;
+    let mut batch = t.batch();
+    let names = (0..30)
+        .map(|i| format!("d/{i:02}"))
+        .chain(["d/sub/x", "d/sub/y/z", "d.e/a", "d0/b", "top", "e/f"].map(String::from));
+    for (i, name) in names.enumerate() {
+        batch
+            .add(&name, &random(200 + i, i as u64)[..], FileMeta::default())
+            .await
+            .unwrap();
+    }
+    batch.commit().await.unwrap();
+    // More versions than the scan steps over before it seeks, a deleted
+    // file with versions of its own, and one rewritten after its deletion.
+    for v in 0..12u64 {
+        t.put("d/07", &random(90, 100 + v)[..], FileMeta::default())
+            .await
+            .unwrap();
+        t.put("d/08", &random(90, 200 + v)[..], FileMeta::default())
+            .await
+            .unwrap();
+    }
+    t.delete("d/08").await.unwrap();
+    t.delete("d/20").await.unwrap();
+    t.put("d/20", &random(50, 7)[..], FileMeta::default())
+        .await
+        .unwrap();
+    let c = repo.catalog();
+    let listed_then_looked_up = |d: &str| {
+        let d = RepoPath::parse(d).unwrap();
+        let page = c.list("acme", &d, usize::MAX, None, 10_000).unwrap();
+        assert!(page.cursor.is_none());
+        let paths: Vec<RepoPath> = page
+            .entries
+            .iter()
+            .map(|e| match e {
+                Entry::File { path, .. } => RepoPath::parse(path).unwrap(),
+                Entry::Dir { path } => panic!("a directory at any depth: {path}"),
+            })
+            .collect();
+        let many = c.latest_many("acme", &paths).unwrap();
+        many.into_iter().map(Option::unwrap).collect::<Vec<_>>()
+    };
+    for d in ["d", "/", "d/sub", "d.e"] {
+        let got = c
+            .latest_under("acme", &RepoPath::parse(d).unwrap())
+            .unwrap();
+        assert_eq!(got, listed_then_looked_up(d), "below {d}");
+    }
+    let under_d = c
+        .latest_under("acme", &RepoPath::parse("d").unwrap())
+        .unwrap();
+    let paths: Vec<&str> = under_d.iter().map(|fv| fv.path.as_str()).collect();
+    assert_eq!(paths.len(), 31, "{paths:?}");
+    assert!(!paths.contains(&"d/08") && paths.contains(&"d/sub/y/z"));
+    assert!(
+        !paths
+            .iter()
+            .any(|p| p.starts_with("d.e") || p.starts_with("d0"))
+    );
+    let v = |p: &str| under_d.iter().find(|fv| fv.path == p).unwrap().version;
+    assert_eq!((v("d/07"), v("d/20"), v("d/00")), (13, 2, 1));
+    assert!(
+        c.latest_under("acme", &RepoPath::parse("nothing").unwrap())
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        c.latest_under("other", &RepoPath::parse("/").unwrap())
+            .unwrap()
+            .is_empty()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_catalog_lookups_answer_like_one_by_one() {
     use asheville_storage::RepoPath;
