@@ -172,6 +172,9 @@ pub struct LocalListing {
     single: bool,
     /// When the listing began: a put's reported time counts from here.
     started: Instant,
+    /// Set by [`LocalListing::leave_out_unchanged`]: the remote path the
+    /// files were checked against, and the files and bytes left out.
+    unchanged: Option<(RepoPath, u64, u64)>,
 }
 
 impl LocalListing {
@@ -191,6 +194,7 @@ impl LocalListing {
                 skipped,
                 single: false,
                 started,
+                unchanged: None,
             });
         }
         let parent = local.parent().unwrap_or(Path::new(".")).to_path_buf();
@@ -201,6 +205,7 @@ impl LocalListing {
             skipped,
             single: true,
             started,
+            unchanged: None,
         })
     }
 
@@ -213,6 +218,121 @@ impl LocalListing {
     pub fn is_empty(&self) -> bool {
         self.files.is_empty()
     }
+
+    /// Leaves out the files a put to `remote` would find unchanged (same
+    /// size, mtime and mode as their latest version in `tenant`'s
+    /// namespace of `repo`), as [`put_listed`] with
+    /// [`PutOptions::skip_unchanged`] does first. The catalog's answer
+    /// needs no key, so a caller can ask while the tenant unlocks; the
+    /// `asheville` CLI does. A put of this listing then counts these files
+    /// as unchanged, whatever its options, and does not look again; it
+    /// must store to the same `remote` (`InvalidInput` otherwise).
+    pub async fn leave_out_unchanged(
+        &mut self,
+        repo: &Repository,
+        tenant: &str,
+        remote: &str,
+    ) -> Result<()> {
+        let remote_root = put_root(remote, self.single)?;
+        if let Some((checked, ..)) = &self.unchanged
+            && *checked != remote_root
+        {
+            return Err(checked_elsewhere(checked, &remote_root));
+        }
+        // Looked up first: the listing stays whole if that fails.
+        let same = unchanged_files(
+            &repo.namespace(tenant),
+            &self.files,
+            self.single,
+            &remote_root,
+        )
+        .await?;
+        let (kept, count, bytes) = left_out(std::mem::take(&mut self.files), &same);
+        self.files = kept;
+        let (before, before_bytes) = self.unchanged.as_ref().map_or((0, 0), |u| (u.1, u.2));
+        self.unchanged = Some((remote_root, before + count, before_bytes + bytes));
+        Ok(())
+    }
+}
+
+/// A listing's unchanged files were looked up under `checked`, not under
+/// `remote`.
+fn checked_elsewhere(checked: &RepoPath, remote: &RepoPath) -> Error {
+    Error::new(
+        ErrorKind::InvalidInput,
+        "the listing's unchanged files were looked up under another remote path",
+    )
+    .with_context("checked", checked)
+    .with_context("remote", remote)
+}
+
+/// The remote path a put stores under: a single file needs one of its own.
+fn put_root(remote: &str, single: bool) -> Result<RepoPath> {
+    let remote_root = RepoPath::parse(remote)?;
+    if single && remote_root.is_root() {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "give a remote path for a single file",
+        ));
+    }
+    Ok(remote_root)
+}
+
+/// Where a put under `remote_root` stores the listed file `rel`.
+fn remote_of(remote_root: &RepoPath, single: bool, rel: &Path) -> Result<String> {
+    if single {
+        Ok(remote_root.as_str().to_owned())
+    } else {
+        remote_for(remote_root, rel)
+    }
+}
+
+/// Files whose latest versions are looked up at once when a put leaves
+/// out unchanged files: the paths and versions of a whole tree at once
+/// raised a put's peak RSS.
+const UNCHANGED_AT_ONCE: usize = 2048;
+
+/// Which of `files` are unchanged: the same size, mtime and mode as their
+/// latest versions, looked up [`UNCHANGED_AT_ONCE`] at a time.
+async fn unchanged_files(
+    ns: &Namespace,
+    files: &[(PathBuf, u64, FileMeta)],
+    single: bool,
+    remote_root: &RepoPath,
+) -> Result<Vec<bool>> {
+    let mut same = Vec::with_capacity(files.len());
+    for part in files.chunks(UNCHANGED_AT_ONCE) {
+        let paths = part
+            .iter()
+            .map(|f| RepoPath::parse(&remote_of(remote_root, single, &f.0)?))
+            .collect::<Result<Vec<_>>>()?;
+        let latest = ns.stat_many(paths).await?;
+        same.extend(
+            part.iter()
+                .zip(latest)
+                .map(|(f, fv)| fv.is_some_and(|fv| fv.size == f.1 && fv.meta == f.2)),
+        );
+    }
+    Ok(same)
+}
+
+/// `files` without those marked in `same`, and how many files and bytes
+/// were left out.
+fn left_out(
+    files: Vec<(PathBuf, u64, FileMeta)>,
+    same: &[bool],
+) -> (Vec<(PathBuf, u64, FileMeta)>, u64, u64) {
+    let (mut count, mut bytes) = (0, 0);
+    let mut kept = Vec::with_capacity(files.len());
+    for (f, &same) in files.into_iter().zip(same) {
+        if same {
+            count += 1;
+            bytes += f.1;
+        } else {
+            kept.push(f);
+        }
+    }
+    (kept, count, bytes)
 }
 
 /// Stores `local` (a file or a directory, recursively) under `remote`.
@@ -241,14 +361,9 @@ pub async fn put_listed(
         skipped,
         single,
         started,
+        unchanged,
     } = listing;
-    let remote_root = RepoPath::parse(remote)?;
-    if single && remote_root.is_root() {
-        return Err(Error::new(
-            ErrorKind::InvalidInput,
-            "give a remote path for a single file",
-        ));
-    }
+    let remote_root = put_root(remote, single)?;
     let mut report = TreeReport {
         skipped,
         ..TreeReport::default()
@@ -256,34 +371,27 @@ pub async fn put_listed(
     for (p, why) in &report.skipped {
         progress.skipped(p, why);
     }
-    let remote_of = |rel: &Path| -> Result<String> {
-        if single {
-            Ok(remote_root.as_str().to_owned())
-        } else {
-            remote_for(&remote_root, rel)
-        }
-    };
+    let remote_of = |rel: &Path| remote_of(&remote_root, single, rel);
     // Unchanged files (same size, mtime and mode as their latest version)
-    // are neither read nor stored again; their latest versions are looked
-    // up together.
+    // are neither read nor stored again: left out of the listing already
+    // (`LocalListing::leave_out_unchanged`), or now.
     let mut files = files;
-    if opts.skip_unchanged {
-        let paths = files
-            .iter()
-            .map(|f| RepoPath::parse(&remote_of(&f.0)?))
-            .collect::<Result<Vec<_>>>()?;
-        let latest = t.namespace().stat_many(paths).await?;
-        let mut kept = Vec::with_capacity(files.len());
-        for (f, fv) in files.into_iter().zip(latest) {
-            match fv {
-                Some(fv) if fv.size == f.1 && fv.meta == f.2 => {
-                    report.unchanged += 1;
-                    report.unchanged_bytes += f.1;
-                }
-                _ => kept.push(f),
-            }
+    match unchanged {
+        Some((checked, ..)) if checked != remote_root => {
+            return Err(checked_elsewhere(&checked, &remote_root));
         }
-        files = kept;
+        Some((_, count, bytes)) => {
+            report.unchanged = count;
+            report.unchanged_bytes = bytes;
+        }
+        None if opts.skip_unchanged => {
+            let same = unchanged_files(&t.namespace(), &files, single, &remote_root).await?;
+            let (kept, count, bytes) = left_out(files, &same);
+            files = kept;
+            report.unchanged = count;
+            report.unchanged_bytes = bytes;
+        }
+        None => {}
     }
     let files = interleave(files);
     progress.start(files.len() as u64, files.iter().map(|f| f.1).sum());

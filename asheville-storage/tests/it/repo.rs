@@ -690,6 +690,110 @@ async fn put_tree_leaves_unchanged_files_alone_and_stores_changed_ones() {
     assert_eq!((r.files, r.unchanged), (10, 0));
 }
 
+/// Unchanged files left out of a listing before the put (as the CLI does
+/// while the tenant unlocks): over more files than are looked up at once,
+/// counted as unchanged by the put whatever its options, and only for the
+/// remote path they were looked up under.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_files_left_out_of_a_listing_ahead_of_the_put() {
+    use asheville_storage::tree::{LocalListing, NoProgress, PutOptions, put_listed, put_tree};
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, t) = temp_repo(dir.path(), 3, "rs(2,1)", |_| {}).await;
+    let src = dir.path().join("src");
+    let n = 2_100u64;
+    for i in 0..n {
+        let sub = src.join(format!("d{}", i % 3));
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::write(sub.join(format!("f{i}")), i.to_le_bytes()).unwrap();
+    }
+    let r = put_tree(&t, &src, "/b", PutOptions::default(), &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!((r.files, r.unchanged), (n, 0));
+    // New content in one file, a new mtime on another.
+    std::fs::write(src.join("d0/f0"), b"changed").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(src.join("d2/f2099"))
+        .unwrap()
+        .set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000))
+        .unwrap();
+    let mut listing = LocalListing::new(&src).unwrap();
+    listing
+        .leave_out_unchanged(&repo, "acme", "/b")
+        .await
+        .unwrap();
+    assert_eq!(listing.len(), 2);
+    let everything = PutOptions {
+        skip_unchanged: false,
+        ..PutOptions::default()
+    };
+    let r = put_listed(&t, listing, "/b", everything, &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.files, r.unchanged, r.unchanged_bytes),
+        (2, n - 2, 8 * (n - 2))
+    );
+    assert_eq!(get(&t, "/b/d0/f0").await, b"changed");
+    assert_eq!(t.versions("/b/d2/f2099").unwrap().len(), 2);
+    assert_eq!(t.versions("/b/d1/f1").unwrap().len(), 1);
+    // Looked up under one path, stored under another: refused, nothing
+    // stored.
+    let mut listing = LocalListing::new(&src).unwrap();
+    listing
+        .leave_out_unchanged(&repo, "acme", "/b")
+        .await
+        .unwrap();
+    assert!(listing.is_empty());
+    // Asked again: under the same path, nothing more; under another, no.
+    listing
+        .leave_out_unchanged(&repo, "acme", "/b")
+        .await
+        .unwrap();
+    let e = listing
+        .leave_out_unchanged(&repo, "acme", "/c")
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    let e = put_listed(&t, listing, "/c", everything, &NoProgress)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    assert!(t.stat("/c/d1/f1").is_err());
+    // The count of a listing checked twice: every file once.
+    let mut listing = LocalListing::new(&src).unwrap();
+    listing
+        .leave_out_unchanged(&repo, "acme", "/b")
+        .await
+        .unwrap();
+    listing
+        .leave_out_unchanged(&repo, "acme", "/b")
+        .await
+        .unwrap();
+    let r = put_listed(&t, listing, "/b", PutOptions::default(), &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!((r.files, r.unchanged), (0, n));
+    // Under another path, nothing is unchanged; a single file needs a name.
+    let mut listing = LocalListing::new(&src).unwrap();
+    listing
+        .leave_out_unchanged(&repo, "acme", "/c")
+        .await
+        .unwrap();
+    assert_eq!(listing.len() as u64, n);
+    let mut one = LocalListing::new(&src.join("d1/f1")).unwrap();
+    let e = one
+        .leave_out_unchanged(&repo, "acme", "/")
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    one.leave_out_unchanged(&repo, "acme", "/b/d1/f1")
+        .await
+        .unwrap();
+    assert!(one.is_empty());
+}
+
 /// A tree of `n` small files (random, 1–6 KB, distinct mtime and mode) and
 /// one large file, in `dir/src`.
 fn small_file_tree(dir: &std::path::Path, n: usize) -> std::path::PathBuf {

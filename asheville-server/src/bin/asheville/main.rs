@@ -468,23 +468,45 @@ async fn run(cli: &Cli) -> Result<ExitCode, Error> {
             batch_files,
             rehash,
         } => {
-            // Walk the tree while the repository opens (Argon2id takes
-            // about as long as walking 20,000 files).
-            let listing = tokio::task::spawn_blocking({
-                let local = local.clone();
-                move || tree::LocalListing::new(&local)
-            });
-            let t = open(cli, true).await?;
-            let listing = listing.await.map_err(|e| {
-                Error::new(ErrorKind::Other, "the directory walk panicked").set_source(e)
-            })??;
             let remote = match remote {
                 Some(r) => r.clone(),
                 None => local
                     .canonicalize()
-                    .ok()
-                    .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .map_err(|e| Error::io("cannot stat", e).with_context("path", local.display()))?
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
                     .ok_or_else(|| Error::new(ErrorKind::InvalidInput, "give a remote path"))?,
+            };
+            // Walk the tree while the repository opens (Argon2id takes
+            // about as long as walking 20,000 files), and leave out the
+            // files the catalog has unchanged (it needs no key).
+            let walk = async {
+                tokio::task::spawn_blocking({
+                    let local = local.clone();
+                    move || tree::LocalListing::new(&local)
+                })
+                .await
+                .map_err(|e| {
+                    Error::new(ErrorKind::Other, "the directory walk panicked").set_source(e)
+                })?
+            };
+            let cat = catalog_path(&cli.data_dir);
+            let (t, listing) = if cat.exists() {
+                let repo = Repository::open(&cat).await?;
+                let check = async {
+                    let mut listing = walk.await?;
+                    if !*rehash {
+                        listing
+                            .leave_out_unchanged(&repo, &cli.tenant, &remote)
+                            .await?;
+                    }
+                    Ok::<_, Error>(listing)
+                };
+                let (t, listing) = futures::future::join(unlock(cli, &repo, true), check).await;
+                (t?.with_meter(usage_cmd::meters(cli)?), listing?)
+            } else {
+                let (t, listing) = futures::future::join(open(cli, true), walk).await;
+                (t?, listing?)
             };
             let bar = Bar::new(cli.json);
             let opts = PutOptions {
