@@ -172,9 +172,33 @@ pub struct LocalListing {
     single: bool,
     /// When the listing began: a put's reported time counts from here.
     started: Instant,
-    /// Set by [`LocalListing::leave_out_unchanged`]: the remote path the
-    /// files were checked against, and the files and bytes left out.
-    unchanged: Option<(RepoPath, u64, u64)>,
+    /// Set by [`LocalListing::leave_out_unchanged`].
+    unchanged: Option<LeftOut>,
+}
+
+/// Files a listing left out as unchanged, and where they were looked up.
+#[derive(Debug)]
+struct LeftOut {
+    tenant: String,
+    remote: RepoPath,
+    files: u64,
+    bytes: u64,
+}
+
+impl LeftOut {
+    /// `InvalidInput` unless the files were looked up for a put by
+    /// `tenant` under `remote`.
+    fn check(&self, tenant: &str, remote: &RepoPath) -> Result<()> {
+        if self.tenant == tenant && self.remote == *remote {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::InvalidInput,
+            "the listing's unchanged files were looked up for another tenant or remote path",
+        )
+        .with_context("checked", format!("{}:/{}", self.tenant, self.remote))
+        .with_context("put", format!("{tenant}:/{remote}")))
+    }
 }
 
 impl LocalListing {
@@ -226,7 +250,9 @@ impl LocalListing {
     /// needs no key, so a caller can ask while the tenant unlocks; the
     /// `asheville` CLI does. A put of this listing then counts these files
     /// as unchanged, whatever its options, and does not look again; it
-    /// must store to the same `remote` (`InvalidInput` otherwise).
+    /// must be a put by the same tenant of the same repository under the
+    /// same `remote` (`InvalidInput` where the tenant or the remote path
+    /// differ).
     pub async fn leave_out_unchanged(
         &mut self,
         repo: &Repository,
@@ -234,10 +260,8 @@ impl LocalListing {
         remote: &str,
     ) -> Result<()> {
         let remote_root = put_root(remote, self.single)?;
-        if let Some((checked, ..)) = &self.unchanged
-            && *checked != remote_root
-        {
-            return Err(checked_elsewhere(checked, &remote_root));
+        if let Some(done) = &self.unchanged {
+            done.check(tenant, &remote_root)?;
         }
         // Looked up first: the listing stays whole if that fails.
         let same = unchanged_files(
@@ -249,21 +273,18 @@ impl LocalListing {
         .await?;
         let (kept, count, bytes) = left_out(std::mem::take(&mut self.files), &same);
         self.files = kept;
-        let (before, before_bytes) = self.unchanged.as_ref().map_or((0, 0), |u| (u.1, u.2));
-        self.unchanged = Some((remote_root, before + count, before_bytes + bytes));
+        let (before, before_bytes) = self
+            .unchanged
+            .as_ref()
+            .map_or((0, 0), |u| (u.files, u.bytes));
+        self.unchanged = Some(LeftOut {
+            tenant: tenant.to_owned(),
+            remote: remote_root,
+            files: before + count,
+            bytes: before_bytes + bytes,
+        });
         Ok(())
     }
-}
-
-/// A listing's unchanged files were looked up under `checked`, not under
-/// `remote`.
-fn checked_elsewhere(checked: &RepoPath, remote: &RepoPath) -> Error {
-    Error::new(
-        ErrorKind::InvalidInput,
-        "the listing's unchanged files were looked up under another remote path",
-    )
-    .with_context("checked", checked)
-    .with_context("remote", remote)
 }
 
 /// The remote path a put stores under: a single file needs one of its own.
@@ -377,12 +398,10 @@ pub async fn put_listed(
     // (`LocalListing::leave_out_unchanged`), or now.
     let mut files = files;
     match unchanged {
-        Some((checked, ..)) if checked != remote_root => {
-            return Err(checked_elsewhere(&checked, &remote_root));
-        }
-        Some((_, count, bytes)) => {
-            report.unchanged = count;
-            report.unchanged_bytes = bytes;
+        Some(done) => {
+            done.check(t.name(), &remote_root)?;
+            report.unchanged = done.files;
+            report.unchanged_bytes = done.bytes;
         }
         None if opts.skip_unchanged => {
             let same = unchanged_files(&t.namespace(), &files, single, &remote_root).await?;

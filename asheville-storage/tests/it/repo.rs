@@ -693,7 +693,7 @@ async fn put_tree_leaves_unchanged_files_alone_and_stores_changed_ones() {
 /// Unchanged files left out of a listing before the put (as the CLI does
 /// while the tenant unlocks): over more files than are looked up at once,
 /// counted as unchanged by the put whatever its options, and only for the
-/// remote path they were looked up under.
+/// tenant and remote path they were looked up for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unchanged_files_left_out_of_a_listing_ahead_of_the_put() {
     use asheville_storage::tree::{LocalListing, NoProgress, PutOptions, put_listed, put_tree};
@@ -775,6 +775,17 @@ async fn unchanged_files_left_out_of_a_listing_ahead_of_the_put() {
         .await
         .unwrap();
     assert_eq!((r.files, r.unchanged), (0, n));
+    // Looked up for another tenant: refused too.
+    let mut listing = LocalListing::new(&src).unwrap();
+    listing
+        .leave_out_unchanged(&repo, "other", "/b")
+        .await
+        .unwrap();
+    assert_eq!(listing.len() as u64, n);
+    let e = put_listed(&t, listing, "/b", PutOptions::default(), &NoProgress)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
     // Under another path, nothing is unchanged; a single file needs a name.
     let mut listing = LocalListing::new(&src).unwrap();
     listing
