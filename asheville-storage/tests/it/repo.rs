@@ -718,11 +718,20 @@ async fn unchanged_files_left_out_of_a_listing_ahead_of_the_put() {
         .unwrap()
         .set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000))
         .unwrap();
-    let mut listing = LocalListing::new(&src).unwrap();
-    listing
-        .leave_out_unchanged(&repo, "acme", "/b")
-        .await
-        .unwrap();
+    // A fresh listing of `src`, its unchanged files looked up for a put
+    // by `tenant` under `remote`.
+    let checked = |tenant: &'static str, remote: &'static str| {
+        let (src, repo) = (&src, &repo);
+        async move {
+            let mut listing = LocalListing::new(src).unwrap();
+            listing
+                .leave_out_unchanged(repo, tenant, remote)
+                .await
+                .unwrap();
+            listing
+        }
+    };
+    let listing = checked("acme", "/b").await;
     assert_eq!(listing.len(), 2);
     let everything = PutOptions {
         skip_unchanged: false,
@@ -740,11 +749,7 @@ async fn unchanged_files_left_out_of_a_listing_ahead_of_the_put() {
     assert_eq!(t.versions("/b/d1/f1").unwrap().len(), 1);
     // Looked up under one path, stored under another: refused, nothing
     // stored.
-    let mut listing = LocalListing::new(&src).unwrap();
-    listing
-        .leave_out_unchanged(&repo, "acme", "/b")
-        .await
-        .unwrap();
+    let mut listing = checked("acme", "/b").await;
     assert!(listing.is_empty());
     // Asked again: under the same path, nothing more; under another, no.
     listing
@@ -762,11 +767,7 @@ async fn unchanged_files_left_out_of_a_listing_ahead_of_the_put() {
     assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
     assert!(t.stat("/c/d1/f1").is_err());
     // The count of a listing checked twice: every file once.
-    let mut listing = LocalListing::new(&src).unwrap();
-    listing
-        .leave_out_unchanged(&repo, "acme", "/b")
-        .await
-        .unwrap();
+    let mut listing = checked("acme", "/b").await;
     listing
         .leave_out_unchanged(&repo, "acme", "/b")
         .await
@@ -776,22 +777,14 @@ async fn unchanged_files_left_out_of_a_listing_ahead_of_the_put() {
         .unwrap();
     assert_eq!((r.files, r.unchanged), (0, n));
     // Looked up for another tenant: refused too.
-    let mut listing = LocalListing::new(&src).unwrap();
-    listing
-        .leave_out_unchanged(&repo, "other", "/b")
-        .await
-        .unwrap();
+    let listing = checked("other", "/b").await;
     assert_eq!(listing.len() as u64, n);
     let e = put_listed(&t, listing, "/b", PutOptions::default(), &NoProgress)
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
     // Under another path, nothing is unchanged; a single file needs a name.
-    let mut listing = LocalListing::new(&src).unwrap();
-    listing
-        .leave_out_unchanged(&repo, "acme", "/c")
-        .await
-        .unwrap();
+    let listing = checked("acme", "/c").await;
     assert_eq!(listing.len() as u64, n);
     let mut one = LocalListing::new(&src.join("d1/f1")).unwrap();
     let e = one
